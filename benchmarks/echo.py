@@ -13,6 +13,7 @@ StreamServer.  Usage: ``python -m benchmarks.echo [--quick] [--repeat N]
 """
 import argparse
 import collections
+import importlib
 import importlib.util
 import json
 import os
@@ -34,6 +35,8 @@ CLIENT_SOURCE = os.path.join(HERE, "echo_client.c")
 BUILD_DIR = os.path.join(HERE, "_build")
 HOST = "127.0.0.1"
 BASELINE = "gevent"
+#: What each round trip sends and expects back (Packet's benchmark message, 12 bytes).
+MESSAGE = "Hello World\n"
 
 #: Packet's benchmark shape (500 client threads x 100 round trips) and a
 #: long-connection shape with fewer clients, where per-message cost dominates.
@@ -127,7 +130,7 @@ def build_client(build_dir: str = BUILD_DIR, cc: str = "cc") -> str:
 def run_client(binary: str, port: int, shape: Shape, time_limit: float) -> dict:
     """Run the load client once against HOST:port; return its JSON report."""
     argv = [binary, "-H", HOST, "-p", str(port), "-c", str(shape.clients),
-            "-n", str(shape.rounds), "-t", str(time_limit)]
+            "-n", str(shape.rounds), "-t", str(time_limit), "-m", MESSAGE]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=time_limit + CLIENT_GRACE)
     except subprocess.TimeoutExpired as exc:  # run() has killed it already
@@ -361,6 +364,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ratio_table = ratios(summary, [("ours", BASELINE), ("ours", "asyncio"), ("ours", "uvloop")])
     print(format_table(summary, ratio_table, repeat))
     print(f"\nserver exit status after SIGTERM: {result['exit_status']}")
+    print("load average (1, 5, 15 min): %.2f %.2f %.2f on %d CPUs; other work on the machine shows up as noise"
+          % (*os.getloadavg(), os.cpu_count()))
     if args.json:
         save_json(args.json, result, summary, ratio_table, shapes, repeat, args.time_limit)
     bad = any(r["errors"] or r["round_trips"] != r["expected"] for r in result["runs"])
@@ -384,13 +389,20 @@ def select_servers(requested: Optional[str]) -> List[str]:
     return [n for n in SERVERS if not reasons[n]]
 
 
+def _version(module: str) -> Optional[str]:
+    if importlib.util.find_spec(module) is None:
+        return None
+    return getattr(importlib.import_module(module), "__version__", "?")
+
+
 def save_json(path, result, summary, ratio_table, shapes, repeat, time_limit) -> None:
     import gevent
     meta = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
         "gevent": gevent.__version__, "cpus": os.cpu_count(), "machine": platform.machine(),
         "shapes": [str(s) for s in shapes], "repeat": repeat, "time_limit": time_limit,
-        "message": "Hello World\\n",
+        "message": MESSAGE, "loadavg_after": os.getloadavg(),
+        "uvloop": _version("uvloop"),
     }
     data = {"meta": meta, "summary": summary, "ratios": ratio_table, **result}
     directory = os.path.dirname(os.path.abspath(path))
