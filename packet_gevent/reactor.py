@@ -1,0 +1,479 @@
+"""Reactor: servers, outgoing connections, timers, hooks, workers, run/stop.
+
+Packet style::
+
+    def setup(reactor):
+        reactor.start_server("127.0.0.1", 11006, EchoHandler)
+    Reactor.run(setup)                  # serves until SIGINT/SIGTERM or stop()
+
+Instance style::
+
+    r = Reactor()
+    server = r.start_server("127.0.0.1", 0, EchoHandler)   # server.port is bound
+    r.start()                            # returns at once, serves in the background
+    ...
+    r.stop(timeout=5)                    # graceful
+
+Several reactors can run at once on one hub; a reactor started in another
+thread runs on that thread's hub.  Workers (``worker_root=``) and the fork
+pool used by ``defer`` are attached lazily, so a plain network reactor pays
+nothing for them.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import ssl as _ssl
+import threading
+from typing import Any, Callable, Dict, List, Optional
+
+import greenlet
+import gevent
+import gevent.event
+import gevent.socket
+
+from .connection import Connection, as_connection_class
+from .errors import PacketError
+from .server import Server, listener_for
+from .timers import Timer
+from .transport import CLOSED, OPEN, raw_socket_from
+
+__all__ = ["Reactor"]
+
+logger = logging.getLogger(__name__)
+
+#: Listen backlog.  Connections beyond ``max_connections`` wait here.
+DEFAULT_BACKLOG = 1024
+
+
+class _ClassOrInstanceHook:
+    """``Reactor.after_connection(x)`` registers for the class (Packet's
+    class-level hook, ``x`` a method name or a function taking
+    (reactor, handler, sock)); ``reactor.after_connection(fn)`` registers
+    ``fn(handler, sock)`` for that reactor only."""
+
+    def __get__(self, obj: Any, cls: type) -> Callable[[Any], Any]:
+        if obj is None:
+            def register_for_class(hook: Any) -> Any:
+                hooks = list(cls.__dict__.get("_class_after_connection", ()))
+                for base in cls.__mro__[1:]:
+                    if "_class_after_connection" in base.__dict__:
+                        hooks = list(base.__dict__["_class_after_connection"]) + hooks
+                        break
+                hooks.append(hook)
+                setattr(cls, "_class_after_connection", hooks)
+                return hook
+            return register_for_class
+
+        def register_for_instance(hook: Callable[[Any, Any], Any]) -> Any:
+            obj._after_connection.append(hook)
+            return hook
+        return register_for_instance
+
+
+class Reactor:
+    """An event reactor: the registry of servers, connections, timers and workers."""
+
+    _class_after_connection: List[Any] = []
+    after_connection = _ClassOrInstanceHook()
+
+    def __init__(self, worker_root: Optional[str] = None, *,
+                 max_connections: Optional[int] = None,
+                 idle_timeout: Optional[float] = None,
+                 connect_timeout: Optional[float] = None,
+                 backlog: int = DEFAULT_BACKLOG,
+                 stop_grace: float = 5.0,
+                 worker_options: Optional[Dict[str, Any]] = None,
+                 restart_workers: bool = True,
+                 pool_size: Optional[int] = None,
+                 max_message_size: Optional[int] = None) -> None:
+        #: Defaults for ``start_server`` / ``connect`` options.
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self.backlog = backlog
+        self.stop_grace = stop_grace
+        self.worker_root = worker_root
+        self.worker_options = dict(worker_options or {})
+        self.restart_workers = restart_workers
+        self.pool_size = pool_size
+        self.max_message_size = max_message_size
+        self.servers: List[Server] = []
+        #: Live connections by signature (unique for the life of the process).
+        self.connections: Dict[int, Connection] = {}
+        self.result_hash: Dict[Any, Any] = {}
+        self._after_connection: List[Callable[[Any, Any], Any]] = []
+        self._timers: set = set()
+        self._started = False
+        self._stopping = False
+        self._stopped = gevent.event.Event()
+        self._workers: Any = None
+        self._pool: Any = None
+        self.hub = gevent.get_hub()
+
+    # ------------------------------------------------------------ servers
+    def start_server(self, host: Any, port: Optional[int], handler: Any,
+                     on_instance: Optional[Callable[[Any], Any]] = None, *,
+                     ssl_context: Optional[_ssl.SSLContext] = None,
+                     max_connections: Optional[int] = None,
+                     idle_timeout: Optional[float] = None,
+                     backlog: Optional[int] = None,
+                     high_water: Optional[int] = None,
+                     low_water: Optional[int] = None) -> Server:
+        """Listen on (host, port) — or on the UNIX socket path ``host`` when port is None.
+
+        The socket is bound now (``server.port`` gives the port picked for
+        port 0); it accepts once the reactor is started.
+        """
+        handler_class = as_connection_class(handler)
+        listener, unix_path = listener_for(host, port, backlog or self.backlog)
+        server = Server(self, listener, handler_class, on_instance, ssl_context=ssl_context,
+                        max_connections=max_connections if max_connections is not None
+                        else self.max_connections,
+                        unix_path=unix_path,
+                        connection_options={"idle_timeout": idle_timeout if idle_timeout is not None
+                                            else self.idle_timeout,
+                                            "high_water": high_water, "low_water": low_water})
+        self.servers.append(server)
+        if self._started and not self._stopping:
+            server.start()
+        logger.info("listening on %r with %s", server.address, handler_class.__name__)
+        return server
+
+    def start_unix_server(self, path: str, handler: Any, on_instance: Optional[Callable[[Any], Any]] = None,
+                          **options: Any) -> Server:
+        return self.start_server(path, None, handler, on_instance, **options)
+
+    def stop_server(self, server: Server) -> None:
+        """Stop accepting on ``server`` and close its socket; its live connections go on."""
+        server.close()
+        if server in self.servers:
+            self.servers.remove(server)
+
+    def _start_connection(self, server: Server, sock: Any, address: Any) -> None:  # in the hub
+        conn = server.handler_class()
+        conn._pg_server = server
+        transport = conn._pg_setup(self, server.on_instance, **server.connection_options)
+        transport.peername = address if address else None
+        self.connections[conn.signature] = conn
+        if server.ssl_context is None:
+            transport.attach(sock)
+            transport.start(conn._pg_started)
+        else:
+            transport.start(lambda: self._tls_accept(conn, sock, server.ssl_context))
+
+    def _tls_accept(self, conn: Connection, raw: Any, context: _ssl.SSLContext) -> None:
+        from gevent.ssl import SSLSocket
+        gsock = gevent.socket.socket(raw.family, raw.type, raw.proto, raw.detach())
+        try:
+            tls = SSLSocket(sock=gsock, server_side=True, _context=context)
+        except Exception as exc:
+            gsock.close()
+            conn.connect_error = exc
+            conn._transport._close(exc)
+            return
+        conn._transport.attach(tls, ssl_sock=tls)
+        conn._pg_started()
+
+    # --------------------------------------------------------- connecting
+    def connect(self, host: Any, port: Optional[int], handler: Any,
+                on_instance: Optional[Callable[[Any], Any]] = None, *,
+                connect_timeout: Optional[float] = None,
+                ssl_context: Optional[_ssl.SSLContext] = None,
+                server_hostname: Optional[str] = None,
+                idle_timeout: Optional[float] = None) -> Any:
+        """Open an outgoing connection; returns the handler instance at once.
+
+        The connect (and DNS, through gevent's resolver) happens in the
+        background.  On failure ``unbind(reason)`` is called without
+        ``connection_completed`` and ``instance.connect_error`` holds the reason.
+        ``port=None`` connects to the UNIX socket path ``host``.
+        """
+        if isinstance(handler, type) or not isinstance(handler, Connection):
+            conn = as_connection_class(handler)()
+        else:
+            conn = handler
+        options = {"timeout": connect_timeout if connect_timeout is not None else self.connect_timeout,
+                   "ssl_context": ssl_context, "server_hostname": server_hostname}
+        transport = conn._pg_setup(self, on_instance,
+                                   idle_timeout=idle_timeout if idle_timeout is not None else self.idle_timeout)
+        conn._pg_target = (host, port, options)
+        self.connections[conn.signature] = conn
+        transport.start(lambda: self._run_outgoing(conn, host, port, options, first=True))
+        return conn
+
+    def reconnect(self, host: Any, port: Optional[int], handler: Connection) -> Connection:
+        """Connect ``handler`` (an instance) again; a no-op while it is connected or connecting."""
+        transport = getattr(handler, "_transport", None)
+        if transport is None:
+            return self.connect(host, port, handler)
+        if transport.state is not CLOSED or not transport.unbind_done:
+            logger.debug("reconnect of %r ignored: still %s", handler, transport.state)
+            return handler
+        _host, _port, options = getattr(handler, "_pg_target", (host, port, {"timeout": self.connect_timeout}))
+        transport = handler._pg_setup(self, handler._on_instance, idle_timeout=transport.idle_timeout)
+        handler._pg_target = (host, port, options)
+        self.connections[handler.signature] = handler
+        transport.start(lambda: self._run_outgoing(handler, host, port, options, first=False))
+        return handler
+
+    def _run_outgoing(self, conn: Connection, host: Any, port: Optional[int], options: Dict[str, Any],
+                      *, first: bool) -> None:  # in the connection's greenlet
+        if first:
+            conn.post_init()
+        transport = conn._transport
+        try:
+            if port is None:
+                import socket as _stdsocket
+                gsock = gevent.socket.socket(_stdsocket.AF_UNIX, _stdsocket.SOCK_STREAM)
+                gsock.settimeout(options.get("timeout"))
+                gsock.connect(host)
+            else:
+                gsock = gevent.socket.create_connection((host, port), timeout=options.get("timeout"))
+            context = options.get("ssl_context")
+            if context is not None:
+                from gevent.ssl import SSLSocket
+                gsock.settimeout(options.get("timeout"))
+                gsock = SSLSocket(sock=gsock, server_side=False, _context=context,
+                                  server_hostname=options.get("server_hostname") or
+                                  (host if port is not None else None))
+                gsock.settimeout(None)
+        except Exception as exc:  # refused, DNS failure, timeout, TLS failure...
+            logger.debug("connect to %r:%r failed: %r", host, port, exc)
+            conn.connect_error = exc
+            transport._close(exc)
+            return
+        if transport.state is CLOSED:  # closed (e.g. reactor stopped) while connecting
+            gsock.close()
+            return
+        try:
+            transport.peername = gsock.getpeername()
+        except OSError:
+            transport.peername = None
+        if options.get("ssl_context") is not None:
+            transport.attach(gsock, ssl_sock=gsock)
+        else:
+            transport.attach(raw_socket_from(gsock))
+        conn._pg_completed()
+
+    def _run_after_connection_hooks(self, conn: Connection) -> None:
+        sock = conn._transport.ssl_sock or conn._transport.sock
+        for hook in type(self)._class_after_connection:
+            if isinstance(hook, str):
+                getattr(self, hook)(conn, sock)
+            else:
+                hook(self, conn, sock)
+        for hook in self._after_connection:
+            hook(conn, sock)
+
+    def _connection_ended(self, conn: Connection) -> None:
+        self.connections.pop(conn.signature, None)
+        server = getattr(conn, "_pg_server", None)
+        if server is not None:
+            conn._pg_server = None
+            server._connection_ended()
+
+    def deliver(self, signature: int, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run ``fn(*args)`` in the greenlet of the connection ``signature``.
+
+        Returns False (nothing runs) when that connection has gone.
+        """
+        conn = self.connections.get(signature)
+        if conn is None:
+            return False
+        return conn._transport.post(fn, args)
+
+    # -------------------------------------------------------------- timers
+    def add_timer(self, seconds: float, fn: Callable[..., Any], *args: Any) -> Timer:
+        """Call ``fn(*args)`` once after ``seconds``, in a greenlet of its own."""
+        return self._timer(seconds, fn, args, periodic=False)
+
+    def add_periodic_timer(self, seconds: float, fn: Callable[..., Any], *args: Any) -> Timer:
+        """Call ``fn(*args)`` every ``seconds`` (no drift; a tick is skipped while one still runs)."""
+        return self._timer(seconds, fn, args, periodic=True)
+
+    def cancel_timer(self, timer: Timer) -> None:
+        timer.cancel()
+
+    def next_turn(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` once, on the next loop iteration, in a greenlet of its own."""
+        self.hub.loop.run_callback(self._dispatch, fn, args)
+
+    def _timer(self, seconds: float, fn: Callable[..., Any], args: tuple, *, periodic: bool) -> Timer:
+        timer = Timer(self.hub.loop, seconds, fn, args, periodic=periodic,
+                      dispatch=self._dispatch, on_done=self._timers.discard)
+        self._timers.add(timer)
+        return timer
+
+    def _dispatch(self, fn: Callable[..., Any], args: tuple) -> None:
+        gevent.spawn_raw(self._run_logged, fn, args)
+
+    @staticmethod
+    def _run_logged(fn: Callable[..., Any], args: tuple) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            logger.exception("timer callback %r raised", fn)
+
+    # ------------------------------------------------------------- workers
+    @property
+    def workers(self) -> Any:
+        """The WorkerManager (created on first use)."""
+        if self._workers is None:
+            from .workers import WorkerManager
+            self._workers = WorkerManager(self, self.worker_root, worker_options=self.worker_options,
+                                          restart=self.restart_workers,
+                                          max_message_size=self.max_message_size)
+        return self._workers
+
+    def ask_worker(self, worker_name: str, data: Any = None, type: str = "request",
+                   worker_key: Any = None, callback: Any = None, **extra: Any) -> Any:
+        """Send a request to a worker from outside any connection (reply to ``callback``)."""
+        return self.workers.ask(None, worker_name, data=data, type=type, worker_key=worker_key,
+                                callback=callback, **extra)
+
+    def _ask_worker(self, conn: Connection, worker_name: str, **kwargs: Any) -> Any:
+        return self.workers.ask(conn, worker_name, **kwargs)
+
+    def start_worker(self, worker: Optional[str] = None, worker_key: Any = None, **options: Any) -> Any:
+        """Start (fork) a worker at runtime; a no-op with a warning if that key runs already."""
+        return self.workers.start_worker(worker=worker, worker_key=worker_key, **options)
+
+    def delete_worker(self, worker: Optional[str] = None, worker_key: Any = None) -> None:
+        """Ask a running worker to exit."""
+        self.workers.delete_worker(worker=worker, worker_key=worker_key)
+
+    @property
+    def pool(self) -> Any:
+        """The reactor's ForkPool, used by ``Connection.defer`` (created on first use)."""
+        if self._pool is None:
+            from .pool import ForkPool
+            self._pool = ForkPool(self.pool_size)
+        return self._pool
+
+    def _defer(self, conn: Connection, fn: Callable[..., Any], args: tuple, kwargs: dict,
+               callback: Optional[Callable[[Any], Any]]) -> Any:
+        from .pool import defer_to_connection
+        return defer_to_connection(self, conn, fn, args, kwargs, callback)
+
+    # ---------------------------------------------------------- lifecycle
+    @property
+    def running(self) -> bool:
+        return self._started and not self._stopped.is_set()
+
+    def start(self) -> "Reactor":
+        """Start serving in the background (returns at once)."""
+        if self._started:
+            return self
+        self._started = True
+        self.hub = gevent.get_hub()
+        for server in self.servers:
+            server.start()
+        if self.worker_root is not None or self._workers is not None:
+            self.workers.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Start if needed, then block the calling greenlet until the reactor stops."""
+        self.start()
+        self._stopped.wait()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the reactor has stopped; True if it has."""
+        return self._stopped.wait(timeout)
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Stop gracefully.
+
+        Stop accepting; give callbacks in flight, queued output and pending
+        worker requests up to ``timeout`` seconds (default ``stop_grace``) to
+        finish; close every connection (each gets ``unbind``); stop workers and
+        the pool (terminate, then kill after the grace period).  Safe to call
+        twice; returns when everything is down.
+        """
+        if self._stopping:
+            self._stopped.wait()
+            return
+        current = greenlet.getcurrent()
+        own = next((c for c in self.connections.values() if c._transport.greenlet is current), None)
+        if own is not None:
+            # Called from a connection callback: stop from another greenlet so
+            # this callback can return, and do not wait for ourselves.
+            gevent.spawn(self.stop, timeout)
+            return
+        self._stopping = True
+        grace = self.stop_grace if timeout is None else timeout
+        deadline = self.hub.loop.now() + grace
+        for server in list(self.servers):
+            server.close()
+        for timer in list(self._timers):
+            timer.cancel()
+        self._drain(deadline)
+        for conn in list(self.connections.values()):
+            conn._transport._close(None)
+        self._wait_unbound(max(0.5, deadline - self.hub.loop.now()))
+        remaining = max(0.5, deadline - self.hub.loop.now())
+        if self._workers is not None:
+            self._workers.stop(remaining)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._stopped.set()
+
+    def _drain(self, deadline: float) -> None:
+        """Wait (bounded) for busy callbacks, queued output and worker replies."""
+        def busy() -> bool:
+            for conn in self.connections.values():
+                transport = conn._transport
+                if transport.state is OPEN and (not transport.idle or transport.outbuf or transport.mailbox):
+                    return True
+            return self._workers is not None and self._workers.pending_count() > 0
+        while busy() and self.hub.loop.now() < deadline:
+            gevent.sleep(0.01)
+
+    def _wait_unbound(self, timeout: float) -> None:
+        end = self.hub.loop.now() + timeout
+        while self.connections and self.hub.loop.now() < end:
+            gevent.sleep(0.005)
+        for conn in list(self.connections.values()):
+            glet = conn._transport.greenlet
+            if glet and not glet.dead:
+                logger.warning("killing %r: a callback is still blocked after the grace period", conn)
+                glet.throw(greenlet.GreenletExit)
+            self.connections.pop(conn.signature, None)
+
+    def __enter__(self) -> "Reactor":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @classmethod
+    def run(cls, setup: Optional[Callable[["Reactor"], Any]] = None, **options: Any) -> "Reactor":
+        """Packet's ``Reactor.run``: build, ``setup(reactor)``, serve until stopped.
+
+        SIGINT and SIGTERM (in the main thread) stop the reactor gracefully;
+        ``run`` then returns the stopped reactor.
+        """
+        reactor = cls(**options)
+        if setup is not None:
+            setup(reactor)
+        handlers = []
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                handlers.append(gevent.signal_handler(signum, reactor._on_signal, signum))
+        try:
+            reactor.serve_forever()
+        finally:
+            for handler in handlers:
+                handler.cancel()
+        return reactor
+
+    def _on_signal(self, signum: int) -> None:
+        logger.info("signal %s: stopping the reactor", signal.Signals(signum).name)
+        gevent.spawn(self.stop)
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else ("stopped" if self._stopped.is_set() else "new")
+        return f"<Reactor {state} servers={len(self.servers)} connections={len(self.connections)}>"
+
+

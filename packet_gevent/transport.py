@@ -1,0 +1,484 @@
+"""The I/O engine behind a Connection: a socket, a greenlet and a mailbox.
+
+A connection is an actor.  Its callbacks run in its own greenlet, so they may
+block cooperatively; the socket is read by a persistent libev io watcher *in
+the hub*, which switches straight into the greenlet with the bytes (two raw
+greenlet switches per message, no Waiter, no watcher start/stop).  Measured
+on this 2-core machine (design-notes.md): ~10-14 us of server CPU per echo
+round trip against 18-26 us for a StreamServer recv/sendall loop.
+
+When a callback blocks (``gevent.sleep``, a patched socket...), the greenlet is
+parked by gevent itself.  A read event arriving meanwhile does not switch into
+it: the read watcher is stopped and restarted when the greenlet is idle again,
+so order holds and a busy connection applies backpressure by not reading.
+Everything else that must run "on the connection" (its timers, worker
+replies, ``defer`` results) goes through the same mailbox, in arrival order.
+
+``send_data`` writes what the kernel takes now and queues the rest; a write
+watcher flushes the queue in order and stops itself when it is empty.
+
+TLS sockets cannot be read from the hub without blocking it, so they use a
+slower path: a reader greenlet and a writer greenlet on gevent's SSL socket,
+feeding the same mailbox.
+"""
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import socket as _stdlib_socket
+from typing import Any, Callable, Deque, Optional, Tuple
+
+import _socket
+import greenlet
+import gevent
+import gevent.event
+from gevent.monkey import get_original
+
+logger = logging.getLogger("packet_gevent.connection")
+
+# The real os.close: gevent >= 25.8 patches os.close to defer closing to the
+# next loop pass (fork-under-gevent.md, trap 2).  We close right away.
+_os_close = get_original("os", "close")
+
+#: Bytes asked for per recv.  64 KiB matches the socket buffer sizes Linux
+#: hands out by default on loopback; bigger reads did not help the echo bench.
+READ_SIZE = 65536
+
+#: Default outbound watermarks (bytes queued in user space).  A connection
+#: whose queue grows past HIGH gets ``pause_writing()``; when the queue drains
+#: below LOW it gets ``resume_writing()``.  The values follow asyncio's
+#: defaults (64 KiB high, 16 KiB low).
+DEFAULT_HIGH_WATER = 64 * 1024
+DEFAULT_LOW_WATER = 16 * 1024
+
+_raw_switch = greenlet.greenlet.switch
+_getcurrent = greenlet.getcurrent
+_CONNECTION_RESET = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+_WOULD_BLOCK = (BlockingIOError, InterruptedError)
+
+Item = Tuple[Callable[..., Any], tuple]
+
+# Transport states.
+CONNECTING, OPEN, CLOSED = "connecting", "open", "closed"
+
+
+class Transport:
+    """Socket, greenlet and mailbox of one connection.  Internal."""
+
+    __slots__ = (
+        "conn", "reactor", "hub", "loop", "sock", "fd", "ssl_sock", "greenlet",
+        "idle", "mailbox", "state", "reason", "read_watcher", "write_watcher",
+        "busy_stopped", "user_paused", "outbuf", "out_size", "high_water",
+        "low_water", "writing_paused", "close_after_writing", "wake_pending",
+        "timers", "on_data", "peername", "idle_timeout", "idle_timer",
+        "last_activity", "writer_event", "unbind_done", "tls_resume", "_switch_to_hub",
+    )
+
+    def __init__(self, conn: Any, reactor: Any) -> None:
+        self.conn = conn
+        self.reactor = reactor
+        self.hub = gevent.get_hub()
+        self.loop = self.hub.loop
+        self._switch_to_hub = lambda: _raw_switch(self.hub)
+        self.sock = None
+        self.ssl_sock = None
+        self.fd = -1
+        self.greenlet = greenlet.greenlet(self._main, parent=self.hub)
+        self.idle = False
+        self.mailbox: Deque[Item] = collections.deque()
+        self.state = CONNECTING
+        self.reason: Optional[BaseException] = None
+        self.read_watcher = None
+        self.write_watcher = None
+        self.busy_stopped = False
+        self.user_paused = False
+        self.outbuf: Deque[bytes] = collections.deque()
+        self.out_size = 0
+        self.high_water = DEFAULT_HIGH_WATER
+        self.low_water = DEFAULT_LOW_WATER
+        self.writing_paused = False
+        self.close_after_writing = False
+        self.wake_pending = False
+        self.timers: set = set()
+        self.on_data: Callable[[bytes], Any] = conn.receive_data
+        self.peername = None
+        self.idle_timeout: Optional[float] = None
+        self.idle_timer = None
+        self.last_activity = 0.0
+        self.writer_event = None
+        self.unbind_done = False
+        self.tls_resume = None
+
+    # ------------------------------------------------------------------ start
+    def start(self, first: Callable[[], Any]) -> None:
+        """Start the greenlet with ``first`` as its first item (from any greenlet)."""
+        if _getcurrent() is self.hub:
+            self.greenlet.switch((first, ()))
+        else:
+            self.mailbox.append((first, ()))
+            self.loop.run_callback(self._start_from_hub)
+
+    def _start_from_hub(self) -> None:
+        if not self.greenlet:  # not started yet (dead greenlets are falsy too)
+            self.greenlet.switch(None)
+
+    def attach(self, sock: Any, ssl_sock: Any = None) -> None:
+        """Take over a connected socket (a raw ``_socket.socket``, non-blocking)."""
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.ssl_sock = ssl_sock
+        self.state = OPEN
+        if self.idle_timeout:
+            self.last_activity = self.loop.now()
+            self._arm_idle_timer(self.idle_timeout)
+        if ssl_sock is None:
+            self.read_watcher = self.loop.io(self.fd, 1)
+            self.write_watcher = self.loop.io(self.fd, 2)
+            self.read_watcher.start(self._on_readable)
+        else:
+            self.writer_event = gevent.event.Event()
+            gevent.spawn(self._tls_reader)
+            gevent.spawn(self._tls_writer)
+
+    # ------------------------------------------------------- the actor loop
+    def _main(self, item: Optional[Item]) -> None:
+        mailbox = self.mailbox
+        switch_to_hub = self._switch_to_hub
+        try:
+            while True:
+                if item is not None:
+                    self._invoke(item)
+                while mailbox:
+                    self._invoke(mailbox.popleft())
+                if self.state is CLOSED:
+                    if not self.unbind_done:
+                        self._run_unbind()
+                    return
+                if self.busy_stopped and not self.user_paused:
+                    self.busy_stopped = False
+                    self.read_watcher.start(self._on_readable)
+                self.idle = True
+                item = switch_to_hub()
+                self.idle = False
+        except greenlet.GreenletExit:
+            # Killed by a reactor stop that ran out of patience.
+            if not self.unbind_done:
+                self._close(None)
+                self._run_unbind()
+
+    def _invoke(self, item: Item) -> None:
+        fn, args = item
+        try:
+            fn(*args)
+        except Exception as exc:  # a user callback failed: log, end this connection
+            if self.state is CLOSED and fn is self._run_unbind:
+                logger.exception("unbind of %r raised", self.conn)
+                return
+            logger.exception("callback %s of %r raised; closing the connection",
+                             getattr(fn, "__name__", fn), self.conn)
+            self._close(exc)
+
+    def _run_unbind(self) -> None:
+        self.unbind_done = True
+        self.mailbox.clear()
+        try:
+            self.conn._call_unbind(self.reason)
+        except Exception:
+            logger.exception("unbind of %r raised", self.conn)
+        finally:
+            self.reactor._connection_ended(self.conn)
+
+    def post(self, fn: Callable[..., Any], args: tuple = ()) -> bool:
+        """Run ``fn(*args)`` in the connection's greenlet, after what is queued.
+
+        Returns False (and drops the call) when the connection has ended.
+        """
+        if self.unbind_done or self.state is CLOSED:
+            return False
+        if self.idle and not self.mailbox and _getcurrent() is self.hub:
+            self.greenlet.switch((fn, args))
+        else:
+            self.mailbox.append((fn, args))
+            if self.idle and not self.wake_pending:
+                self.wake_pending = True
+                self.loop.run_callback(self._wake)
+        return True
+
+    def _wake(self) -> None:  # in the hub
+        self.wake_pending = False
+        if self.idle and self.greenlet:
+            self.greenlet.switch(None)
+
+    # ------------------------------------------------------------- reading
+    def _on_readable(self) -> None:  # in the hub
+        if not self.idle:
+            # The callback is blocked: stop reading until it returns.
+            self.read_watcher.stop()
+            self.busy_stopped = True
+            return
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except _WOULD_BLOCK:
+            return
+        except OSError as exc:
+            self._abort(exc)
+            return
+        if data:
+            if self.idle_timeout:
+                self.last_activity = self.loop.now()
+            self.greenlet.switch((self.on_data, (data,)))
+        else:
+            self._abort(None)
+
+    def _tls_reader(self) -> None:
+        sock = self.ssl_sock
+        while self.state is OPEN:
+            try:
+                data = sock.recv(READ_SIZE)
+            except (OSError, ValueError) as exc:
+                self._abort(exc if self.state is OPEN else None)
+                return
+            if not data:
+                self._abort(None)
+                return
+            if self.idle_timeout:
+                self.last_activity = self.loop.now()
+            # Backpressure: read the next chunk only after this one was handled
+            # (and while the user has not paused reading).
+            handled = gevent.event.Event()
+            if not self.post(self._tls_deliver, (data, handled)):
+                return
+            handled.wait()
+
+    def _tls_deliver(self, data: bytes, handled: Any) -> None:
+        try:
+            self.on_data(data)
+        finally:
+            if self.user_paused:
+                self.tls_resume = handled  # resume_reading() releases the reader
+            else:
+                handled.set()
+
+    def pause_reading(self) -> None:
+        self.user_paused = True
+        if self.read_watcher is not None:
+            self.read_watcher.stop()
+
+    def resume_reading(self) -> None:
+        if not self.user_paused:
+            return
+        self.user_paused = False
+        if self.tls_resume is not None:
+            self.tls_resume.set()
+            self.tls_resume = None
+        if self.state is OPEN and self.read_watcher is not None:
+            if self.idle or _getcurrent() is self.greenlet:
+                self.busy_stopped = False
+                self.read_watcher.start(self._on_readable)
+            else:
+                self.busy_stopped = True
+
+    # ------------------------------------------------------------- writing
+    def send(self, data: Any) -> None:
+        if self.state is not OPEN or self.close_after_writing:
+            logger.debug("send_data on closed connection %r dropped (%d bytes)",
+                         self.conn, len(data))
+            return
+        if not data:
+            return
+        if not isinstance(data, bytes):
+            if isinstance(data, str):
+                data = data.encode("utf-8")
+            else:
+                data = bytes(data)
+        if self.outbuf or self.ssl_sock is not None:
+            self._queue(data)
+            return
+        try:
+            sent = self.sock.send(data)
+        except _WOULD_BLOCK:
+            sent = 0
+        except OSError as exc:
+            self._abort(exc)
+            return
+        if sent < len(data):
+            self._queue(data[sent:])
+
+    def _queue(self, data: bytes) -> None:
+        self.outbuf.append(data)
+        self.out_size += len(data)
+        if self.ssl_sock is not None:
+            self.writer_event.set()
+        elif len(self.outbuf) == 1:
+            self.write_watcher.start(self._on_writable)
+        if not self.writing_paused and self.out_size > self.high_water:
+            self.writing_paused = True
+            self.post(self.conn.pause_writing)
+
+    def _on_writable(self) -> None:  # in the hub
+        outbuf = self.outbuf
+        sock = self.sock
+        while outbuf:
+            chunk = outbuf[0]
+            try:
+                sent = sock.send(chunk)
+            except _WOULD_BLOCK:
+                break
+            except OSError as exc:
+                self._abort(exc)
+                return
+            self.out_size -= sent
+            if sent < len(chunk):
+                outbuf[0] = chunk[sent:]
+                break
+            outbuf.popleft()
+            if len(outbuf) > 1 and len(outbuf[0]) < 16384:
+                self._coalesce()
+        if not outbuf:
+            self.write_watcher.stop()
+        self._after_write()
+
+    def _coalesce(self) -> None:
+        """Join small queued chunks so each send carries up to ~256 KiB."""
+        outbuf = self.outbuf
+        parts = []
+        total = 0
+        while outbuf and total < 262144:
+            part = outbuf.popleft()
+            parts.append(part)
+            total += len(part)
+        outbuf.appendleft(b"".join(parts))
+
+    def _after_write(self) -> None:
+        if self.writing_paused and self.out_size <= self.low_water:
+            self.writing_paused = False
+            self.post(self.conn.resume_writing)
+        if self.close_after_writing and not self.outbuf:
+            self._close(None)
+
+    def _tls_writer(self) -> None:
+        event = self.writer_event
+        while self.state is OPEN:
+            event.wait()
+            event.clear()
+            while self.outbuf and self.state is OPEN:
+                chunk = self.outbuf.popleft()
+                try:
+                    self.ssl_sock.sendall(chunk)
+                except (OSError, ValueError) as exc:
+                    self._abort(exc)
+                    return
+                self.out_size -= len(chunk)
+                self._after_write()
+
+    def close_when_flushed(self) -> None:
+        if self.state is CLOSED:
+            return
+        if self.state is CONNECTING:
+            self._close(None)
+            return
+        self.close_after_writing = True
+        if not self.outbuf:
+            self._close(None)
+
+    # ------------------------------------------------------------- closing
+    def _abort(self, reason: Optional[BaseException]) -> None:
+        """The peer or the OS ended the connection (EOF when reason is None)."""
+        if self.state is CLOSED:
+            return
+        if reason is not None and not isinstance(reason, _CONNECTION_RESET):
+            logger.debug("connection %r failed: %r", self.conn, reason)
+        self._close(reason)
+
+    def _close(self, reason: Optional[BaseException]) -> None:
+        """Close now (idempotent) and arrange for ``unbind`` to run once."""
+        if self.state is CLOSED:
+            return
+        self.state = CLOSED
+        self.reason = reason
+        for watcher in (self.read_watcher, self.write_watcher, self.idle_timer):
+            if watcher is not None:
+                watcher.stop()
+                watcher.close()
+        self.read_watcher = self.write_watcher = self.idle_timer = None
+        for timer in list(self.timers):
+            timer.cancel()
+        self.outbuf.clear()
+        self.out_size = 0
+        if self.ssl_sock is not None:
+            self.writer_event.set()
+            try:
+                self.ssl_sock.close()
+            except OSError:
+                pass
+        if self.sock is not None:
+            fd = self.sock.detach()
+            if fd >= 0:
+                try:
+                    _os_close(fd)
+                except OSError:
+                    pass
+        self.mailbox.clear()
+        # Wake the greenlet (if idle) so it runs unbind and finishes.
+        if self.greenlet and self.idle:
+            if _getcurrent() is self.hub:
+                self.greenlet.switch(None)
+            elif not self.wake_pending:
+                self.wake_pending = True
+                self.loop.run_callback(self._wake)
+        elif not self.greenlet and not self.greenlet.dead:
+            # Never started (e.g. closed while connecting before the first switch).
+            self.mailbox.append((lambda: None, ()))
+            self.loop.run_callback(self._start_from_hub)
+
+    # ------------------------------------------------------------ timeouts
+    def set_idle_timeout(self, seconds: Optional[float]) -> None:
+        self.idle_timeout = seconds or None
+        if self.idle_timer is not None:
+            self.idle_timer.stop()
+            self.idle_timer.close()
+            self.idle_timer = None
+        if self.idle_timeout and self.state is OPEN:
+            self.last_activity = self.loop.now()
+            self._arm_idle_timer(self.idle_timeout)
+
+    def _arm_idle_timer(self, after: float) -> None:
+        if self.idle_timer is None:
+            self.idle_timer = self.loop.timer(after)
+        else:
+            self.idle_timer.stop()
+            self.idle_timer.after = after  # type: ignore[attr-defined]
+        self.idle_timer.start(self._on_idle_timer)
+
+    def _on_idle_timer(self) -> None:  # in the hub
+        if self.state is not OPEN or not self.idle_timeout:
+            return
+        idle_for = self.loop.now() - self.last_activity
+        if idle_for >= self.idle_timeout:
+            from .errors import IdleTimeout
+            logger.info("closing %r: no data for %.3f s (idle_timeout)", self.conn, idle_for)
+            self._close(IdleTimeout(f"no data received for {self.idle_timeout} s; "
+                                    "closed by idle_timeout"))
+        else:
+            self.idle_timer.close()
+            self.idle_timer = None
+            self._arm_idle_timer(self.idle_timeout - idle_for)
+
+
+def raw_socket_from(sock: Any) -> Any:
+    """Turn a (gevent or stdlib) socket object into a non-blocking ``_socket.socket``.
+
+    The fd is taken over: the original object no longer owns it.
+    """
+    family, type_, proto = sock.family, sock.type, sock.proto
+    fd = sock.detach()
+    raw = _socket.socket(family, type_, proto, fd)
+    raw.setblocking(False)
+    if family in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
+        try:
+            raw.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
+        except OSError as exc:  # not fatal: e.g. a socket type without Nagle
+            if exc.errno != errno.EOPNOTSUPP:
+                logger.debug("TCP_NODELAY failed: %r", exc)
+    return raw
