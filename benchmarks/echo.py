@@ -20,14 +20,14 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from benchmarks._servers.process import BenchError, ServerProcess, ServerSpec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -44,18 +44,8 @@ DEFAULT_SHAPES = "500x100,50x2000"
 #: --quick: 10k round trips per run, enough for the 10 ms CPU clock tick to
 #: resolve ~1 us per round trip, and well under a second per run.
 QUICK_SHAPES = "50x200,10x1000"
-#: Seconds a server gets to print its "listening on" line (gevent import ~0.3 s).
-READY_TIMEOUT = 20.0
-#: Seconds a server gets to exit after SIGTERM before it is killed.
-STOP_TIMEOUT = 5.0
 #: Extra seconds the client process gets beyond its own time limit.
 CLIENT_GRACE = 15.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-LISTENING = re.compile(r"listening on (\S+):(\d+)\s*$")
-
-
-class BenchError(Exception):
-    """The benchmark could not run: a missing compiler, a server that did not start..."""
 
 
 @dataclass(frozen=True)
@@ -65,13 +55,6 @@ class Shape:
 
     def __str__(self) -> str:
         return f"{self.clients}x{self.rounds}"
-
-
-@dataclass(frozen=True)
-class ServerSpec:
-    name: str
-    argv: Tuple[str, ...]  # arguments after ``python``; --host/--port are appended
-    description: str
 
 
 SERVERS: Dict[str, ServerSpec] = {
@@ -138,95 +121,6 @@ def run_client(binary: str, port: int, shape: Shape, time_limit: float) -> dict:
     if proc.returncode not in (0, 1) or not proc.stdout.strip():
         raise BenchError(f"echo_client exited {proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}")
     return json.loads(proc.stdout)
-
-
-# -- server processes -------------------------------------------------------
-
-def process_tree_cpu(root_pid: int) -> float:
-    """CPU seconds (user+system) of root_pid and its live descendants, plus its reaped children."""
-    stats: Dict[int, Tuple[int, float]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-        except OSError:  # the process exited while we were listing
-            continue
-        # fields[0] is stat field 3 (state): ppid is field 4, utime/stime 14/15, cutime/cstime 16/17.
-        own = int(fields[11]) + int(fields[12])
-        reaped = int(fields[13]) + int(fields[14]) if int(entry) == root_pid else 0
-        stats[int(entry)] = (int(fields[1]), (own + reaped) / CLK_TCK)
-    if root_pid not in stats:
-        raise BenchError(f"server process {root_pid} is gone: cannot read its CPU time")
-    children = collections.defaultdict(list)
-    for pid, (ppid, _) in stats.items():
-        children[ppid].append(pid)
-    total, todo = 0.0, [root_pid]
-    while todo:  # bounded: each pid is visited once, the ppid graph is a tree
-        pid = todo.pop()
-        total += stats[pid][1]
-        todo.extend(children.get(pid, ()))
-    return total
-
-
-class ServerProcess:
-    """One echo server subprocess: started, waited for ready, measured, stopped by pid."""
-
-    def __init__(self, spec: ServerSpec):
-        self.spec = spec
-        self.proc: Optional[subprocess.Popen] = None
-        self.port = 0
-        self.output: collections.deque = collections.deque(maxlen=50)
-        self._ready = threading.Event()
-
-    def start(self, ready_timeout: float = READY_TIMEOUT) -> int:
-        """Start the server, wait for its "listening on HOST:PORT" line; return the port."""
-        argv = [sys.executable, "-u", *self.spec.argv, "--host", HOST, "--port", "0"]
-        self.proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-        threading.Thread(target=self._drain, name=f"drain-{self.spec.name}", daemon=True).start()
-        if not self._ready.wait(ready_timeout) or not self.port:
-            self.stop()
-            raise BenchError(f"server {self.spec.name!r} did not print 'listening on HOST:PORT' within "
-                             f"{ready_timeout:.0f} s (exit {self.proc.returncode}); its output:\n" + self.tail())
-        return self.port
-
-    def _drain(self) -> None:
-        """Read the server's output until EOF (so a chatty server never blocks on a full pipe)."""
-        for line in self.proc.stdout:
-            self.output.append(line.rstrip("\n"))
-            match = LISTENING.search(line)
-            if match and not self._ready.is_set():
-                self.port = int(match.group(2))
-                self._ready.set()
-        self._ready.set()  # EOF: wake start() at once if the server died before it was ready
-
-    def tail(self) -> str:
-        return "\n".join(self.output)
-
-    def check_alive(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            code = None if self.proc is None else self.proc.returncode
-            raise BenchError(f"server {self.spec.name!r} exited (status {code}); its output:\n" + self.tail())
-
-    def cpu_seconds(self) -> float:
-        self.check_alive()
-        return process_tree_cpu(self.proc.pid)
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> Optional[int]:
-        """SIGTERM the server (our own pid only), SIGKILL it if it lingers; return its exit status."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
-        self.proc.stdout.close()
-        return self.proc.returncode
 
 
 def measure(server: ServerProcess, binary: str, shape: Shape, time_limit: float) -> dict:
@@ -318,7 +212,7 @@ def run_benchmark(names: Sequence[str], shapes: Sequence[Shape], repeat: int, ti
     runs, exits = [], {}
     try:
         for server in servers:
-            server.start()
+            server.start(HOST)
             log(f"started {server.spec.name:<8} pid {server.proc.pid} port {server.port}")
             measure(server, binary, Shape(20, 50), time_limit)  # warm-up, not recorded
         for rep in range(repeat):
