@@ -61,6 +61,8 @@ SERVERS: Dict[str, ServerSpec] = {
     spec.name: spec
     for spec in (
         ServerSpec("ours", ("-m", "demos.echo_server"), "packet_gevent reactor (demos/echo_server.py)"),
+        ServerSpec("ours-hub", ("-m", "demos.echo_server", "--run-in-hub"),
+                   "packet_gevent, handler declared run_in_hub (callbacks in the hub)"),
         ServerSpec("gevent", ("-m", "benchmarks._servers.gevent_echo"), "bare gevent StreamServer, recv/sendall"),
         ServerSpec("asyncio", ("-m", "benchmarks._servers.asyncio_echo", "--loop", "asyncio"), "asyncio.Protocol"),
         ServerSpec("uvloop", ("-m", "benchmarks._servers.asyncio_echo", "--loop", "uvloop"), "asyncio.Protocol on uvloop"),
@@ -83,7 +85,7 @@ def available_servers() -> Dict[str, str]:
     """Map each server name to why it cannot run, or to "" when it can."""
     reasons = {name: "" for name in SERVERS}
     if not os.path.exists(os.path.join(ROOT, "demos", "echo_server.py")):
-        reasons["ours"] = "demos/echo_server.py does not exist yet"
+        reasons["ours"] = reasons["ours-hub"] = "demos/echo_server.py does not exist yet"
     if importlib.util.find_spec("uvloop") is None:
         reasons["uvloop"] = "uvloop is not installed (pip install uvloop)"
     return reasons
@@ -255,7 +257,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"echo benchmark failed: {exc}", file=sys.stderr)
         return 1
     summary = summarize(result["runs"])
-    ratio_table = ratios(summary, [("ours", BASELINE), ("ours", "asyncio"), ("ours", "uvloop")])
+    ratio_table = ratios(summary, [("ours", BASELINE), ("ours", "asyncio"), ("ours", "uvloop"),
+                                 ("ours-hub", BASELINE), ("ours-hub", "asyncio"), ("ours-hub", "uvloop")])
     print(format_table(summary, ratio_table, repeat))
     print(f"\nserver exit status after SIGTERM: {result['exit_status']}")
     print("load average (1, 5, 15 min): %.2f %.2f %.2f on %d CPUs; other work on the machine shows up as noise"

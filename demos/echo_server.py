@@ -13,16 +13,28 @@ from ._cli import parser, setup_logging
 
 
 class EchoServer(Connection):
+    """Each connection's callbacks run in its own greenlet (they may block)."""
+
     def receive_data(self, data: bytes) -> None:
         self.send_data(data)
 
 
+class HubEchoServer(EchoServer):
+    """The same, declared non-blocking: callbacks run straight in the hub."""
+
+    run_in_hub = True
+
+
 def main(argv=None) -> int:
-    args = parser("Packet's echo server on packet_gevent.", 11006).parse_args(argv)
+    p = parser("Packet's echo server on packet_gevent.", 11006)
+    p.add_argument("--run-in-hub", action="store_true",
+                   help="declare the handler non-blocking: run callbacks in the hub (fastest)")
+    args = p.parse_args(argv)
+    handler = HubEchoServer if args.run_in_hub else EchoServer
     setup_logging(args.log_level)
 
     def setup(reactor: Reactor) -> None:
-        server = reactor.start_server(args.host, args.port, EchoServer)
+        server = reactor.start_server(args.host, args.port, handler)
         print(f"echo server listening on {server.host}:{server.port}", flush=True)
 
     Reactor.run(setup)

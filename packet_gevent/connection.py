@@ -43,6 +43,11 @@ class Connection:
     object_codec: Any = "json"
     #: Largest object frame accepted from the peer, in bytes.
     max_object_size: int = DEFAULT_MAX_FRAME_SIZE
+    #: Set True only if no callback of this handler ever blocks: they then run
+    #: straight in the hub (no greenlet per connection, no switch per message;
+    #: ~uvloop speed).  A blocking call inside one raises gevent's
+    #: BlockingSwitchOutError, which is logged and closes the connection.
+    run_in_hub: bool = False
 
     # ----------------------------------------------------------- callbacks
     def post_init(self) -> None:
@@ -88,6 +93,8 @@ class Connection:
             transport.idle_timeout = idle_timeout
         if high_water is not None or low_water is not None:
             self.set_write_watermarks(high_water, low_water)
+        if type(self).send_data is Connection.send_data:
+            self.send_data = transport.send  # skip one call level on the hot path
         if _defines(type(self), "receive_object"):
             decoder = ObjectDecoder(get_codec(self.object_codec),
                                     max_frame_size=self.max_object_size)

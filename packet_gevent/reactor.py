@@ -160,7 +160,7 @@ class Reactor:
             transport.attach(sock)
             transport.start(conn._pg_started)
         else:
-            transport.start(lambda: self._tls_accept(conn, sock, server.ssl_context))
+            transport.start(lambda: self._tls_accept(conn, sock, server.ssl_context), may_block=True)
 
     def _tls_accept(self, conn: Connection, raw: Any, context: _ssl.SSLContext) -> None:
         from gevent.ssl import SSLSocket
@@ -199,7 +199,7 @@ class Reactor:
                                    idle_timeout=idle_timeout if idle_timeout is not None else self.idle_timeout)
         conn._pg_target = (host, port, options)
         self.connections[conn.signature] = conn
-        transport.start(lambda: self._run_outgoing(conn, host, port, options, first=True))
+        transport.start(lambda: self._run_outgoing(conn, host, port, options, first=True), may_block=True)
         return conn
 
     def reconnect(self, host: Any, port: Optional[int], handler: Connection) -> Connection:
@@ -214,7 +214,8 @@ class Reactor:
         transport = handler._pg_setup(self, handler._on_instance, idle_timeout=transport.idle_timeout)
         handler._pg_target = (host, port, options)
         self.connections[handler.signature] = handler
-        transport.start(lambda: self._run_outgoing(handler, host, port, options, first=False))
+        transport.start(lambda: self._run_outgoing(handler, host, port, options, first=False),
+                        may_block=True)
         return handler
 
     def _run_outgoing(self, conn: Connection, host: Any, port: Optional[int], options: Dict[str, Any],
@@ -436,7 +437,7 @@ class Reactor:
             gevent.sleep(0.005)
         for conn in list(self.connections.values()):
             glet = conn._transport.greenlet
-            if glet and not glet.dead:
+            if glet is not None and glet and not glet.dead:
                 logger.warning("killing %r: a callback is still blocked after the grace period", conn)
                 glet.throw(greenlet.GreenletExit)
             self.connections.pop(conn.signature, None)

@@ -72,7 +72,7 @@ class Transport:
         "busy_stopped", "user_paused", "outbuf", "out_size", "high_water",
         "low_water", "writing_paused", "close_after_writing", "wake_pending",
         "timers", "on_data", "peername", "idle_timeout", "idle_timer",
-        "last_activity", "writer_event", "unbind_done", "tls_resume", "_switch_to_hub",
+        "last_activity", "writer_event", "unbind_done", "tls_resume", "in_hub", "direct_send",
     )
 
     def __init__(self, conn: Any, reactor: Any) -> None:
@@ -80,12 +80,14 @@ class Transport:
         self.reactor = reactor
         self.hub = gevent.get_hub()
         self.loop = self.hub.loop
-        self._switch_to_hub = lambda: _raw_switch(self.hub)
         self.sock = None
         self.ssl_sock = None
         self.fd = -1
-        self.greenlet = greenlet.greenlet(self._main, parent=self.hub)
-        self.idle = False
+        #: Handlers that promise never to block (``run_in_hub = True``) get no
+        #: greenlet: their callbacks run straight in the hub.
+        self.in_hub = bool(getattr(conn, "run_in_hub", False))
+        self.greenlet = None if self.in_hub else greenlet.greenlet(self._main, parent=self.hub)
+        self.idle = self.in_hub
         self.mailbox: Deque[Item] = collections.deque()
         self.state = CONNECTING
         self.reason: Optional[BaseException] = None
@@ -109,11 +111,23 @@ class Transport:
         self.writer_event = None
         self.unbind_done = False
         self.tls_resume = None
+        #: True while send() may write straight to the socket (open, plain,
+        #: no close pending): one flag test on the hot path.
+        self.direct_send = False
 
     # ------------------------------------------------------------------ start
-    def start(self, first: Callable[[], Any]) -> None:
-        """Start the greenlet with ``first`` as its first item (from any greenlet)."""
-        if _getcurrent() is self.hub:
+    def start(self, first: Callable[[], Any], may_block: bool = False) -> None:
+        """Start the greenlet with ``first`` as its first item (from any greenlet).
+
+        ``may_block``: ``first`` may block (connect, TLS handshake) even for a
+        run_in_hub handler, which then runs it in a greenlet of its own.
+        """
+        if self.in_hub:
+            if may_block:
+                gevent.spawn_raw(self._invoke, (first, ()))
+            else:
+                self.post(first)
+        elif _getcurrent() is self.hub:
             self.greenlet.switch((first, ()))
         else:
             self.mailbox.append((first, ()))
@@ -129,26 +143,36 @@ class Transport:
         self.fd = sock.fileno()
         self.ssl_sock = ssl_sock
         self.state = OPEN
+        self.direct_send = ssl_sock is None
         if self.idle_timeout:
             self.last_activity = self.loop.now()
             self._arm_idle_timer(self.idle_timeout)
         if ssl_sock is None:
             self.read_watcher = self.loop.io(self.fd, 1)
             self.write_watcher = self.loop.io(self.fd, 2)
-            self.read_watcher.start(self._on_readable)
+            self.read_watcher.start(self._on_readable_in_hub if self.in_hub else self._on_readable)
         else:
             self.writer_event = gevent.event.Event()
             gevent.spawn(self._tls_reader)
             gevent.spawn(self._tls_writer)
 
     # ------------------------------------------------------- the actor loop
-    def _main(self, item: Optional[Item]) -> None:
+    def _main(self, item: Any) -> None:
+        # The hot loop: ``item`` is bytes (data read by the hub), a (fn, args)
+        # tuple, or None (just drain the mailbox).
         mailbox = self.mailbox
-        switch_to_hub = self._switch_to_hub
+        hub = self.hub
+        on_data = self.on_data
         try:
             while True:
                 if item is not None:
-                    self._invoke(item)
+                    if item.__class__ is bytes:
+                        try:
+                            on_data(item)
+                        except Exception as exc:
+                            self._callback_failed(on_data, exc)
+                    else:
+                        self._invoke(item)
                 while mailbox:
                     self._invoke(mailbox.popleft())
                 if self.state is CLOSED:
@@ -159,7 +183,7 @@ class Transport:
                     self.busy_stopped = False
                     self.read_watcher.start(self._on_readable)
                 self.idle = True
-                item = switch_to_hub()
+                item = _raw_switch(hub)
                 self.idle = False
         except greenlet.GreenletExit:
             # Killed by a reactor stop that ran out of patience.
@@ -171,13 +195,14 @@ class Transport:
         fn, args = item
         try:
             fn(*args)
-        except Exception as exc:  # a user callback failed: log, end this connection
-            if self.state is CLOSED and fn is self._run_unbind:
-                logger.exception("unbind of %r raised", self.conn)
-                return
-            logger.exception("callback %s of %r raised; closing the connection",
-                             getattr(fn, "__name__", fn), self.conn)
-            self._close(exc)
+        except Exception as exc:
+            self._callback_failed(fn, exc)
+
+    def _callback_failed(self, fn: Any, exc: Exception) -> None:
+        """A user callback raised: log it with its traceback, end this connection."""
+        logger.error("callback %s of %r raised; closing the connection",
+                     getattr(fn, "__name__", fn), self.conn, exc_info=exc)
+        self._close(exc)
 
     def _run_unbind(self) -> None:
         self.unbind_done = True
@@ -196,6 +221,12 @@ class Transport:
         """
         if self.unbind_done or self.state is CLOSED:
             return False
+        if self.in_hub:
+            if _getcurrent() is self.hub:
+                self._invoke((fn, args))
+            else:
+                self.loop.run_callback(self._invoke, (fn, args))
+            return True
         if self.idle and not self.mailbox and _getcurrent() is self.hub:
             self.greenlet.switch((fn, args))
         else:
@@ -212,11 +243,26 @@ class Transport:
 
     # ------------------------------------------------------------- reading
     def _on_readable(self) -> None:  # in the hub
-        if not self.idle:
+        if self.idle:
+            try:
+                data = self.sock.recv(READ_SIZE)
+            except _WOULD_BLOCK:
+                return
+            except OSError as exc:
+                self._abort(exc)
+                return
+            if data:
+                if self.idle_timeout:
+                    self.last_activity = self.loop.now()
+                self.greenlet.switch(data)
+            else:
+                self._abort(None)
+        else:
             # The callback is blocked: stop reading until it returns.
             self.read_watcher.stop()
             self.busy_stopped = True
-            return
+
+    def _on_readable_in_hub(self) -> None:  # in the hub, for run_in_hub handlers
         try:
             data = self.sock.recv(READ_SIZE)
         except _WOULD_BLOCK:
@@ -227,7 +273,10 @@ class Transport:
         if data:
             if self.idle_timeout:
                 self.last_activity = self.loop.now()
-            self.greenlet.switch((self.on_data, (data,)))
+            try:
+                self.on_data(data)
+            except Exception as exc:
+                self._callback_failed(self.on_data, exc)
         else:
             self._abort(None)
 
@@ -273,7 +322,9 @@ class Transport:
             self.tls_resume.set()
             self.tls_resume = None
         if self.state is OPEN and self.read_watcher is not None:
-            if self.idle or _getcurrent() is self.greenlet:
+            if self.in_hub:
+                self.read_watcher.start(self._on_readable_in_hub)
+            elif self.idle or _getcurrent() is self.greenlet:
                 self.busy_stopped = False
                 self.read_watcher.start(self._on_readable)
             else:
@@ -281,19 +332,10 @@ class Transport:
 
     # ------------------------------------------------------------- writing
     def send(self, data: Any) -> None:
-        if self.state is not OPEN or self.close_after_writing:
-            logger.debug("send_data on closed connection %r dropped (%d bytes)",
-                         self.conn, len(data))
-            return
-        if not data:
-            return
-        if not isinstance(data, bytes):
-            if isinstance(data, str):
-                data = data.encode("utf-8")
-            else:
-                data = bytes(data)
-        if self.outbuf or self.ssl_sock is not None:
-            self._queue(data)
+        if data.__class__ is not bytes:
+            data = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        if self.outbuf or not self.direct_send:
+            self._send_slow(data)
             return
         try:
             sent = self.sock.send(data)
@@ -304,6 +346,13 @@ class Transport:
             return
         if sent < len(data):
             self._queue(data[sent:])
+
+    def _send_slow(self, data: bytes) -> None:
+        if self.state is not OPEN or self.close_after_writing:
+            logger.debug("send_data on closed connection %r dropped (%d bytes)",
+                         self.conn, len(data))
+        elif data:
+            self._queue(data)
 
     def _queue(self, data: bytes) -> None:
         self.outbuf.append(data)
@@ -379,6 +428,7 @@ class Transport:
             self._close(None)
             return
         self.close_after_writing = True
+        self.direct_send = False
         if not self.outbuf:
             self._close(None)
 
@@ -396,6 +446,7 @@ class Transport:
         if self.state is CLOSED:
             return
         self.state = CLOSED
+        self.direct_send = False
         self.reason = reason
         for watcher in (self.read_watcher, self.write_watcher, self.idle_timer):
             if watcher is not None:
@@ -420,6 +471,9 @@ class Transport:
                 except OSError:
                     pass
         self.mailbox.clear()
+        if self.in_hub:
+            self.loop.run_callback(self._run_unbind)
+            return
         # Wake the greenlet (if idle) so it runs unbind and finishes.
         if self.greenlet and self.idle:
             if _getcurrent() is self.hub:

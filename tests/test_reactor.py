@@ -595,3 +595,43 @@ def test_importing_packet_gevent_patches_nothing():
     result = run_script(code, timeout=30)
     assert result.returncode == 0, result.stderr
     assert "clean" in result.stdout
+
+
+def test_run_in_hub_handler_echoes_and_uses_timers(reactor):
+    class HubEcho(Connection):
+        run_in_hub = True
+
+        def connection_completed(self):
+            self.add_timer(0.01, self.send_data, b"tick:")
+
+        def receive_data(self, data):
+            self.send_data(data)
+
+    server = reactor.start_server("127.0.0.1", 0, HubEcho)
+    sock = client(server)
+    assert recv_exactly(sock, 5) == b"tick:"
+    sock.sendall(b"fast")
+    assert recv_exactly(sock, 4) == b"fast"
+    sock.close()
+
+
+def test_run_in_hub_handler_that_blocks_is_closed_with_a_logged_error(reactor, caplog):
+    reasons = []
+
+    class Liar(Connection):
+        run_in_hub = True
+
+        def receive_data(self, data):
+            gevent.sleep(0.01)  # not allowed in the hub
+
+        def unbind(self, reason=None):
+            reasons.append(reason)
+
+    server = reactor.start_server("127.0.0.1", 0, Liar)
+    sock = client(server)
+    with caplog.at_level(logging.ERROR, logger="packet_gevent"):
+        sock.sendall(b"x")
+        assert recv_until_closed(sock) == b""
+    wait_for(lambda: reasons, message="unbind")
+    assert "BlockingSwitchOutError" in type(reasons[0]).__name__ or "blocking" in str(reasons[0]).lower()
+    assert any("closing the connection" in r.getMessage() for r in caplog.records)
