@@ -363,7 +363,13 @@ class Transport:
             self.write_watcher.start(self._on_writable)
         if not self.writing_paused and self.out_size > self.high_water:
             self.writing_paused = True
-            self.post(self.conn.pause_writing)
+            current = _getcurrent()
+            if current is self.greenlet or (self.in_hub and current is self.hub):
+                # Called from this connection's own callback (a producer loop):
+                # tell it now, as asyncio does, so the loop can stop.
+                self._invoke((self.conn.pause_writing, ()))
+            else:
+                self.post(self.conn.pause_writing)
 
     def _on_writable(self) -> None:  # in the hub
         outbuf = self.outbuf
