@@ -11,7 +11,7 @@ from typing import Any
 
 from .codec import Codec, JsonCodec
 from .connection import Connection
-from .errors import (CodecError, ConnectionLimitReached, FrameError, IdleTimeout, InvalidWorker,
+from .errors import (CodecError, ConnectionLimitReached, FrameError, IdleTimeout, InvalidWorker, OutboundOverflow,
                      PacketError, PoolClosed, SerializationError, WorkerCrashed, WorkerError,
                      WorkerLoadError)
 from .framing import BinParser, FrameDecoder, encode_frame
@@ -35,7 +35,7 @@ __all__ = [
     "Worker", "Pimp", "MetaPimp", "Callback", "ForkPool",
     "PacketError", "FrameError", "CodecError", "InvalidWorker", "WorkerLoadError",
     "WorkerCrashed", "WorkerError", "SerializationError", "PoolClosed", "IdleTimeout",
-    "ConnectionLimitReached",
+    "ConnectionLimitReached", "OutboundOverflow",
 ]
 
 

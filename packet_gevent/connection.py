@@ -48,6 +48,10 @@ class Connection:
     #: ~uvloop speed).  A blocking call inside one raises gevent's
     #: BlockingSwitchOutError, which is logged and closes the connection.
     run_in_hub: bool = False
+    #: Close the connection (``unbind(OutboundOverflow)``) when more than this
+    #: many bytes are queued for a peer that does not read.  None: no limit
+    #: (producers should follow pause_writing/resume_writing instead).
+    max_outbound_size: Optional[int] = None
 
     # ----------------------------------------------------------- callbacks
     def post_init(self) -> None:

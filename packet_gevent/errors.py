@@ -19,6 +19,7 @@ __all__ = [
     "PoolClosed",
     "IdleTimeout",
     "ConnectionLimitReached",
+    "OutboundOverflow",
 ]
 
 
@@ -86,3 +87,7 @@ class IdleTimeout(PacketError, TimeoutError):
 
 class ConnectionLimitReached(PacketError):
     """A server refused a connection because it already has ``max_connections``."""
+
+
+class OutboundOverflow(PacketError):
+    """More than ``max_outbound_size`` bytes were queued for a peer that does not read."""

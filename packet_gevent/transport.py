@@ -357,6 +357,15 @@ class Transport:
     def _queue(self, data: bytes) -> None:
         self.outbuf.append(data)
         self.out_size += len(data)
+        limit = self.conn.max_outbound_size
+        if limit is not None and self.out_size > limit:
+            from .errors import OutboundOverflow
+            logger.warning("closing %r: %d bytes queued for a peer that does not read "
+                           "(max_outbound_size=%d)", self.conn, self.out_size, limit)
+            self._close(OutboundOverflow(
+                f"{self.out_size} bytes queued for a peer that is not reading, over "
+                f"max_outbound_size={limit}; respect pause_writing() or raise the limit"))
+            return
         if self.ssl_sock is not None:
             self.writer_event.set()
         elif len(self.outbuf) == 1:

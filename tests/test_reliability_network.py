@@ -227,3 +227,25 @@ def test_connect_timeout_reports_timeout_through_unbind(reactor):
         for f in fillers:
             f.close()
         listener.close()
+
+
+def test_max_outbound_size_closes_a_client_that_reads_nothing(reactor):
+    from packet_gevent import OutboundOverflow
+    reasons = []
+
+    class Careless(Connection):
+        max_outbound_size = 1024 * 1024
+
+        def receive_data(self, data):
+            for _ in range(200):  # ignores pause_writing: 200 x 64 KiB
+                self.send_data(b"c" * 65536)
+
+        def unbind(self, reason=None):
+            reasons.append(reason)
+
+    server = reactor.start_server("127.0.0.1", 0, Careless)
+    sock = client(server)
+    sock.sendall(b"go")
+    wait_for(lambda: reasons, message="unbind")
+    assert isinstance(reasons[0], OutboundOverflow)
+    assert "max_outbound_size=1048576" in str(reasons[0])
