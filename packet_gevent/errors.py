@@ -20,6 +20,7 @@ __all__ = [
     "IdleTimeout",
     "ConnectionLimitReached",
     "OutboundOverflow",
+    "ChannelClosed",
 ]
 
 
@@ -91,3 +92,11 @@ class ConnectionLimitReached(PacketError):
 
 class OutboundOverflow(PacketError):
     """More than ``max_outbound_size`` bytes were queued for a peer that does not read."""
+
+
+class ChannelClosed(PacketError, RuntimeError):
+    """A master<->child channel was used after it closed.
+
+    Closed by ``close()``, or because the peer went away or sent a bad stream;
+    the original error, if any, is the ``__cause__``.
+    """
