@@ -1,0 +1,270 @@
+"""The child side of Packet's workers: the ``Worker`` base class and its process main loop.
+
+A worker class lives in the worker directory (``WORKER_ROOT``)::
+
+    class FooWorker(packet_gevent.Worker):
+        worker_name = "foo_worker"          # or FooWorker.set_worker_name("foo_worker")
+
+        def worker_init(self):              # once, in the child, worker_options set
+            self.count = 0
+
+        def receive_data(self, request):    # a request dict from the master
+            request["data"] = request["data"] * 2
+            request["type"] = "response"
+            self.send_data(request)         # back to the asking connection
+
+Each worker process runs its own :class:`~packet_gevent.Reactor` on a fresh
+hub (``self.reactor``: servers, outgoing connections, timers).  Messages from
+the master are handled one at a time, in arrival order, in one greenlet, so
+the replies to one connection keep the order of its requests.  An exception
+in ``receive_data`` becomes a ``type="error"`` reply for that request (with
+the traceback text) and the worker lives on.
+
+Replies are routed by the ``request_id`` (and ``client_signature``) keys of
+the request dict, so the Packet idiom of changing the request and sending it
+back works; ``reply(request, data)`` builds such a reply; and a fresh dict
+sent with ``send_data`` while a request is being handled gets that request's
+routing keys filled in.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import traceback
+from typing import Any, Dict, Optional
+
+__all__ = ["Worker", "ROUTING_KEYS", "run_worker"]
+
+logger = logging.getLogger(__name__)
+
+#: Keys that route a reply back to whoever asked.
+ROUTING_KEYS = ("request_id", "client_signature", "callback_signature")
+
+#: Exit status of a worker process whose ``worker_init`` raised.
+EXIT_INIT_FAILED = 3
+
+# Message kinds on the master <-> worker channel: (kind, payload) tuples.
+MSG = "msg"          # both ways: a user dict (request, reply, status...)
+STOP = "stop"        # master -> worker: finish what is queued, then exit 0
+READY = "ready"      # worker -> master: worker_init done
+LOG = "log"          # worker -> master: (level, text) from Worker.log
+INIT_FAILED = "init_failed"  # worker -> master: traceback text of worker_init
+
+
+def snake_name(class_name: str) -> str:
+    """``FooWorker`` -> ``foo_worker`` (Packet's naming rule, reversed)."""
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", class_name).lower()
+
+
+class Worker:
+    """Base class of Packet workers.  Subclass it in a module of the worker directory."""
+
+    #: Name the master knows this worker by (``ask_worker(name)``); defaults to
+    #: the snake-case class name (``FooWorker`` -> ``foo_worker``).
+    worker_name: Optional[str] = None
+    #: Master-side proxy: a :class:`~packet_gevent.Pimp` subclass, or its
+    #: snake-case name (``"foo_handler"`` -> class ``FooHandler``).  None: MetaPimp.
+    worker_proxy: Any = None
+    #: True: not started with the reactor; start it with ``start_worker``.
+    no_auto_load: bool = False
+    #: Processes behind this one worker name; requests go to the least busy
+    #: (a connection's requests stay on one process while any is pending, so
+    #: its replies keep their order).
+    pool_size: int = 1
+
+    # Set in the child before worker_init.
+    worker_options: Dict[str, Any]
+    worker_key: Any = None
+    #: Index of this process in its pool (0 .. pool_size-1).
+    pool_index: int = 0
+    reactor: Any = None
+
+    # ------------------------------------------------- Packet class settings
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "worker_name" not in cls.__dict__ or cls.__dict__["worker_name"] is None:
+            cls.worker_name = snake_name(cls.__name__)
+        else:
+            cls.worker_name = str(cls.__dict__["worker_name"])
+        if not isinstance(cls.pool_size, int) or cls.pool_size < 1:
+            raise ValueError(f"{cls.__name__}.pool_size must be an int >= 1, got {cls.pool_size!r}")
+
+    @classmethod
+    def set_worker_name(cls, name: Any) -> None:
+        cls.worker_name = str(name)
+
+    @classmethod
+    def set_worker_proxy(cls, proxy: Any) -> None:
+        cls.worker_proxy = proxy
+
+    @classmethod
+    def set_no_auto_load(cls, flag: bool = True) -> None:
+        cls.no_auto_load = bool(flag)
+
+    # ------------------------------------------------------------- callbacks
+    def worker_init(self) -> None:
+        """Run once in the child, before any request; ``worker_options`` is set."""
+
+    def receive_data(self, obj: Dict[str, Any]) -> None:
+        """A message from the master: a request dict (or a reply to this worker's own request)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define receive_data()")
+
+    # --------------------------------------------------------------- methods
+    def send_data(self, obj: Dict[str, Any]) -> None:
+        """Send a dict to the master (a reply, a status, a request to another worker).
+
+        A response or error without ``request_id``, sent while a request is
+        being handled, gets that request's routing keys.
+        """
+        if not isinstance(obj, dict):
+            raise TypeError(f"send_data takes a dict (with a 'type' key), got {type(obj).__name__}")
+        current = self._pg_current
+        if (current is not None and "request_id" not in obj
+                and obj.get("type", "response") in ("response", "error")):
+            obj = dict(obj)
+            obj.setdefault("type", "response")
+            for key in ROUTING_KEYS:
+                if key in current:
+                    obj[key] = current[key]
+        self._pg_channel.send((MSG, obj))
+
+    def reply(self, request: Dict[str, Any], data: Any, type: str = "response", **extra: Any) -> None:
+        """Answer ``request`` with ``data`` (keeps its routing keys)."""
+        message = {key: request[key] for key in ROUTING_KEYS if key in request}
+        message.update(extra, type=type, data=data)
+        self._pg_channel.send((MSG, message))
+
+    def register_status(self, data: Any) -> None:
+        """Packet's status: the master stores ``data`` in ``reactor.result_hash[worker_key]``."""
+        self._pg_channel.send((MSG, {"type": "status", "data": data}))
+
+    def send_result(self, data: Any) -> None:
+        """A ``type="result"`` message: the master keeps the last one (``pimp.last_result``)."""
+        self._pg_channel.send((MSG, {"type": "result", "data": data}))
+
+    def ask_worker(self, worker_name: str, data: Any = None, worker_key: Any = None,
+                   **extra: Any) -> None:
+        """Send a request to another worker; its reply comes to this worker's receive_data."""
+        message = dict(extra, type="request", data=data, requested_worker=worker_name)
+        if worker_key is not None:
+            message["requested_worker_key"] = worker_key
+        self._pg_channel.send((MSG, message))
+
+    def log(self, *args: Any, level: int = logging.INFO) -> None:
+        """Log through the master (Packet forwards worker logs to the master)."""
+        text = " ".join(str(arg) for arg in args)
+        self._pg_channel.send((LOG, (level, text)))
+
+    # Reactor shortcuts, as in Packet (each worker runs its own reactor).
+    def start_server(self, *args: Any, **kwargs: Any) -> Any:
+        return self.reactor.start_server(*args, **kwargs)
+
+    def connect(self, *args: Any, **kwargs: Any) -> Any:
+        return self.reactor.connect(*args, **kwargs)
+
+    def add_timer(self, seconds: float, fn: Any, *args: Any) -> Any:
+        return self.reactor.add_timer(seconds, fn, *args)
+
+    def add_periodic_timer(self, seconds: float, fn: Any, *args: Any) -> Any:
+        return self.reactor.add_periodic_timer(seconds, fn, *args)
+
+    def cancel_timer(self, timer: Any) -> None:
+        timer.cancel()
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
+    _pg_current: Optional[Dict[str, Any]] = None
+    _pg_channel: Any = None
+
+    def __repr__(self) -> str:
+        key = "" if self.worker_key is None else f" key={self.worker_key!r}"
+        return f"<{type(self).__name__} {self.worker_name}{key} pid={os.getpid()}>"
+
+
+def error_reply(request: Dict[str, Any], error: str, tb: Optional[str], **extra: Any) -> Dict[str, Any]:
+    """The ``type="error"`` reply for ``request``: the request itself (its routing
+    keys, data and any other key) with ``type``, ``error`` and ``traceback`` set."""
+    reply = dict(request)
+    reply.update(extra, type="error", error=error, traceback=tb)
+    return reply
+
+
+def _handle(worker: Worker, message: Dict[str, Any]) -> None:
+    is_request = message.get("type") == "request"
+    worker._pg_current = message if is_request else None
+    try:
+        worker.receive_data(message)
+    except Exception as exc:
+        tb = traceback.format_exc()
+        if is_request and ("request_id" in message or "client_signature" in message):
+            logger.debug("%r: receive_data raised; sending an error reply", worker, exc_info=True)
+            try:
+                worker._pg_channel.send((MSG, error_reply(message, f"{type(exc).__name__}: {exc}", tb,
+                                                          worker=worker.worker_name)))
+            except Exception:
+                logger.exception("%r: could not send the error reply", worker)
+        else:
+            logger.error("%r: receive_data raised on a %r message:\n%s", worker,
+                         message.get("type"), tb)
+    finally:
+        worker._pg_current = None
+
+
+def run_worker(channel: Any, cls: type, worker_key: Any, options: Dict[str, Any],
+               pool_index: int, stop_grace: float) -> int:
+    """The worker process's main: set up, ``worker_init``, then serve messages until told to stop.
+
+    ``channel`` is this process's end of the master channel (a hub
+    :class:`~packet_gevent.channel.Channel`).  Returns the exit status.
+    """
+    from .reactor import Reactor
+
+    # Ctrl-C in a terminal signals the whole process group: the master decides
+    # what happens to workers (it stops them), so workers ignore SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker = cls()
+    worker.worker_options = dict(options)
+    worker.worker_key = worker_key
+    worker.pool_index = pool_index
+    worker._pg_channel = channel
+    worker.reactor = reactor = Reactor(stop_grace=stop_grace)
+    reactor.start()
+    try:
+        worker.worker_init()
+    except Exception:
+        tb = traceback.format_exc()
+        try:
+            channel.send((INIT_FAILED, tb))
+        except Exception:
+            logger.error("%r: worker_init raised:\n%s", worker, tb)
+        return EXIT_INIT_FAILED
+    channel.send((READY, os.getpid()))
+    try:
+        _serve(worker, channel)
+    finally:
+        reactor.stop(timeout=stop_grace)
+        try:  # replies still queued must reach the master before we exit
+            channel.flush(timeout=stop_grace)
+        except Exception as exc:  # the master is gone, or stopped reading
+            logger.debug("%r: could not flush the channel at exit: %r", worker, exc)
+    return 0
+
+
+def _serve(worker: Worker, channel: Any) -> None:
+    """Handle the master's messages, one at a time, until STOP or EOF."""
+    while True:
+        try:
+            kind, payload = channel.recv()
+        except EOFError:
+            logger.debug("%r: the master closed the channel; exiting", worker)
+            return
+        if kind == MSG:
+            _handle(worker, payload)
+        elif kind == STOP:
+            return
+        else:
+            logger.warning("%r: unknown message kind %r from the master", worker, kind)

@@ -1,0 +1,814 @@
+"""The master side of Packet's workers: load WORKER_ROOT, run worker processes, route requests.
+
+``Reactor(worker_root=path)`` imports every ``*.py`` in ``path`` (not those
+starting with ``_``, which may hold helpers), finds each module's worker class
+(``foo_worker.py`` -> ``FooWorker``, Packet's rule, else the
+:class:`~packet_gevent.Worker` subclasses it defines) and, when the reactor
+starts, forks every worker that is not ``no_auto_load``.  The
+:class:`WorkerManager` (``reactor.workers``) then:
+
+* sends ``ask_worker`` requests as dicts over each worker's private channel
+  (pickled; only ever between this process and its children), tagged with a
+  ``request_id`` and the asking connection's ``signature``;
+* spreads a ``pool_size = N`` worker's requests over its N processes (least
+  pending; a connection's requests stay on one process while any is pending,
+  so its replies keep their order);
+* hands each dict a worker sends to the worker's proxy (:mod:`.pimp`), in
+  order, in a greenlet: the hub never runs user code and never blocks;
+* answers every request exactly once: the first ``response``/``error`` reply
+  with its ``request_id`` settles it, later ones are dropped (debug log);
+  when a worker process dies (uncaught exception, ``os._exit``, a signal)
+  each request pending on it gets a ``type="error"`` reply saying how it
+  died, and the process is restarted with backoff (``restart_workers=False``
+  turns that off);
+* requests asked while every process of a worker is down (between a crash
+  and the restart) wait in a bounded queue (``MAX_QUEUED``) and go to the
+  restarted process; past the bound they are answered with an error at once.
+  Requests in flight at a crash are *not* retried (they may have had effects).
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import importlib.util
+import itertools
+import logging
+import os
+import pickle
+import sys
+import types
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+import gevent
+import gevent.event
+
+from .errors import InvalidWorker, SerializationError, WorkerCrashed, WorkerError, WorkerLoadError
+from .pimp import Callback, MetaPimp, Pimp, find_pimp_class
+from .worker import INIT_FAILED, LOG, MSG, READY, ROUTING_KEYS, STOP, Worker, error_reply, run_worker
+
+__all__ = ["WorkerManager", "Worker", "Pimp", "MetaPimp", "Callback", "load_worker_root",
+           "MAX_QUEUED"]
+
+logger = logging.getLogger(__name__)
+
+#: Requests that may wait for a worker while all its processes are down
+#: (between a crash and the restart).  A restart takes ~5-10 ms (a fork) after
+#: the backoff delay, so this only fills under a crash loop; then asking
+#: connections get an error at once instead of queueing without bound.
+MAX_QUEUED = 1000
+#: Restart delays: the first restart after a healthy run waits
+#: RESTART_FIRST_DELAY (none: a fork costs ~5 ms); each further death within
+#: RESTART_RESET seconds of its start doubles the delay, from
+#: RESTART_MIN_DELAY up to RESTART_MAX_DELAY, so a crash loop costs little.
+RESTART_FIRST_DELAY = 0.0
+RESTART_MIN_DELAY = 0.1
+RESTART_MAX_DELAY = 5.0
+RESTART_RESET = 10.0
+#: After a worker's channel reaches EOF, how long to wait for the process to
+#: exit before killing it (it closed its channel, so it is of no more use).
+#: Both events normally arrive within a millisecond of each other.
+EXIT_WAIT = 1.0
+#: After a worker exits, how long to wait for EOF on its channel, so replies
+#: it sent before dying are routed before its pending requests fail.  Only a
+#: grandchild that inherited the socket could hold the EOF back.
+EOF_WAIT = 0.5
+
+
+# ------------------------------------------------------------------ loading
+_loaded_roots: Dict[str, Tuple[Dict[str, type], List[types.ModuleType]]] = {}
+
+
+def _camel(stem: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in stem.split("_"))
+
+
+def load_worker_root(path: str) -> Tuple[Dict[str, type], List[types.ModuleType]]:
+    """Import every worker module of ``path``; return ({worker_name: class}, modules).
+
+    Modules are imported once per directory and process, as submodules of a
+    private package (so pickle finds classes they define), with no change to
+    ``sys.path``.  Raises WorkerLoadError naming the file on any problem.
+    """
+    real = os.path.realpath(path)
+    if real in _loaded_roots:
+        return _loaded_roots[real]
+    if not os.path.isdir(real):
+        raise WorkerLoadError(f"worker_root {path!r} is not a directory; pass the directory "
+                              f"that holds the worker modules (foo_worker.py ...)")
+    package_name = "_packet_workers_" + hashlib.sha1(real.encode()).hexdigest()[:12]
+    package = sys.modules.get(package_name)
+    if package is None:
+        package = types.ModuleType(package_name, f"Packet workers loaded from {real}")
+        package.__path__ = [real]  # type: ignore[attr-defined]
+        sys.modules[package_name] = package
+    classes: Dict[str, type] = {}
+    modules = []
+    for filename in sorted(os.listdir(real)):
+        if not filename.endswith(".py") or filename.startswith(("_", ".")):
+            continue
+        module = _import_file(package_name, os.path.join(real, filename))
+        modules.append(module)
+        for cls in _worker_classes(module, filename[:-3], os.path.join(real, filename)):
+            other = classes.get(cls.worker_name)
+            if other is not None and other is not cls:
+                raise WorkerLoadError(f"two worker classes are named {cls.worker_name!r}: "
+                                      f"{other.__module__}.{other.__name__} and {cls.__name__} "
+                                      f"in {filename}; give one another worker_name")
+            classes[cls.worker_name] = cls
+    _loaded_roots[real] = (classes, modules)
+    logger.debug("loaded workers %s from %s", sorted(classes), real)
+    return classes, modules
+
+
+def _import_file(package_name: str, filepath: str) -> types.ModuleType:
+    stem = os.path.basename(filepath)[:-3]
+    name = f"{package_name}.{stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, filepath)
+    if spec is None or spec.loader is None:
+        raise WorkerLoadError(f"cannot import worker module {filepath}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as exc:
+        sys.modules.pop(name, None)
+        raise WorkerLoadError(f"importing worker module {filepath} failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    setattr(sys.modules[package_name], stem, module)
+    return module
+
+
+def _worker_classes(module: types.ModuleType, stem: str, filepath: str) -> List[type]:
+    by_rule = getattr(module, _camel(stem), None)
+    if isinstance(by_rule, type) and issubclass(by_rule, Worker) and by_rule is not Worker:
+        return [by_rule]
+    defined = [value for value in vars(module).values()
+               if isinstance(value, type) and issubclass(value, Worker) and value is not Worker
+               and value.__module__ == module.__name__]
+    if not defined:
+        raise WorkerLoadError(f"{filepath} defines no worker class: expected "
+                              f"'class {_camel(stem)}(packet_gevent.Worker)' (Packet's rule: "
+                              f"{stem}.py defines {_camel(stem)}) or another Worker subclass; "
+                              f"put helper modules in files starting with '_'")
+    return defined
+
+
+# ------------------------------------------------------------ bookkeeping
+class _Request:
+    """One request awaiting its answer."""
+
+    __slots__ = ("rid", "message", "conn_sig", "callback", "asker", "origin", "proc")
+
+    def __init__(self, rid: int, message: Dict[str, Any], conn_sig: Optional[int],
+                 callback: Optional[Callback], asker: Optional["_Proc"] = None,
+                 origin: Optional[Dict[str, Any]] = None) -> None:
+        self.rid = rid
+        self.message = message
+        self.conn_sig = conn_sig
+        self.callback = callback
+        self.asker = asker          # the worker process that asked (worker -> worker)
+        self.origin = origin        # that worker's own routing keys, restored on the reply
+        self.proc: Optional[_Proc] = None
+
+
+class _Proc:
+    """One worker process: its child handle, channel and requests in flight."""
+
+    def __init__(self, group: "_Group", index: int, child: Any, channel: Any) -> None:
+        self.group = group
+        self.index = index
+        self.child = child
+        self.channel = channel
+        self.pid: int = child.pid
+        self.inflight: Dict[int, _Request] = {}
+        self.per_conn: collections.Counter = collections.Counter()
+        self.started_at = gevent.get_hub().loop.now()
+        self.closing = False     # no new requests: EOF seen, or told to stop
+        self.stopping = False    # told to stop: its exit is expected
+        self.eof = False
+        self.exited = False
+        self.dead = False        # death handled
+        self.timer: Any = None
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.close()
+            self.timer = None
+
+
+class _Group:
+    """Everything behind one (worker_name, worker_key): class, proxy, processes."""
+
+    def __init__(self, cls: type, key: Any, options: Dict[str, Any], pool_size: int) -> None:
+        self.cls = cls
+        self.name: str = cls.worker_name
+        self.key = key
+        self.options = options
+        self.procs: List[Optional[_Proc]] = [None] * pool_size
+        self.failures = [0] * pool_size
+        self.restart_timers: Dict[int, Any] = {}
+        self.waiting: Deque[_Request] = collections.deque()
+        self.pimp: Pimp = None  # type: ignore[assignment]
+        self.serial = _Serial()
+        self.deleted = False
+
+    @property
+    def label(self) -> str:
+        return self.name if self.key is None else f"{self.name}[{self.key!r}]"
+
+    def live(self) -> List[_Proc]:
+        return [proc for proc in self.procs if proc is not None and not proc.closing]
+
+
+class _Serial:
+    """Runs posted calls one at a time, in order, in a greenlet (never in the hub)."""
+
+    __slots__ = ("queue", "running")
+
+    def __init__(self) -> None:
+        self.queue: Deque[Tuple[Callable[..., Any], tuple]] = collections.deque()
+        self.running = False
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.queue.append((fn, args))
+        if not self.running:
+            self.running = True
+            gevent.spawn_raw(self._run)
+
+    def _run(self) -> None:
+        try:
+            while self.queue:
+                fn, args = self.queue.popleft()
+                try:
+                    fn(*args)
+                except Exception:
+                    logger.exception("worker proxy call %r raised", fn)
+        finally:
+            self.running = False
+
+
+def _call_logged(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        logger.exception("worker reply callback %r raised", fn)
+
+
+# ----------------------------------------------------------------- manager
+class WorkerManager:
+    """Loads, starts, supervises and routes to a reactor's workers (``reactor.workers``)."""
+
+    def __init__(self, reactor: Any, worker_root: Optional[str] = None, *,
+                 worker_options: Optional[Dict[str, Any]] = None, restart: bool = True,
+                 max_message_size: Optional[int] = None) -> None:
+        self.reactor = reactor
+        self.worker_root = worker_root
+        self.worker_options = dict(worker_options or {})
+        self.restart = restart
+        self.max_message_size = max_message_size
+        self.max_queued = MAX_QUEUED
+        self.classes: Dict[str, type] = {}
+        self.modules: List[types.ModuleType] = []
+        self._groups: Dict[Tuple[str, Any], _Group] = {}
+        self._pending: Dict[int, _Request] = {}
+        self._rids = itertools.count(1)
+        self._procs: set = set()            # live (not yet dead) processes
+        self._all_dead = gevent.event.Event()
+        self._all_dead.set()
+        self._stopping = False
+        self._loaded = False
+
+    # ---------------------------------------------------------- loading
+    def load(self) -> Dict[str, type]:
+        """Import the worker directory (once); return {worker_name: class}."""
+        if not self._loaded and self.worker_root is not None:
+            classes, modules = load_worker_root(self.worker_root)
+            for name, cls in classes.items():
+                self.classes.setdefault(name, cls)
+            self.modules = modules
+        self._loaded = True
+        return dict(self.classes)
+
+    def start(self) -> None:
+        """Load the directory and start every worker that is not ``no_auto_load``."""
+        self.load()
+        for name, cls in self.classes.items():
+            if not cls.no_auto_load and (name, None) not in self._groups:
+                self.start_worker(name)
+
+    # -------------------------------------------------- runtime control
+    def start_worker(self, worker: Any = None, worker_key: Any = None, **options: Any) -> Pimp:
+        """Start a worker (a loaded name, or a Worker subclass); return its proxy.
+
+        ``options`` update the reactor's ``worker_options`` for this worker
+        (``pool_size=N`` overrides the class's pool size).  Starting a
+        (worker, worker_key) that runs already is a no-op with a warning.
+        """
+        if self._stopping:
+            raise InvalidWorker(f"cannot start worker {worker!r}: the reactor is stopping")
+        cls = self._worker_class(worker)
+        existing = self._groups.get((cls.worker_name, worker_key))
+        if existing is not None:
+            logger.warning("start_worker: %s is already running; ignored (use another "
+                           "worker_key for a second instance)", existing.label)
+            return existing.pimp
+        pool_size = int(options.pop("pool_size", cls.pool_size))
+        if pool_size < 1:
+            raise ValueError(f"pool_size must be >= 1, got {pool_size}")
+        merged = dict(self.worker_options)
+        merged.update(options)
+        try:
+            pimp_class = find_pimp_class(cls.worker_proxy, self.modules + [sys.modules.get(cls.__module__)])
+        except (LookupError, TypeError) as exc:
+            raise WorkerLoadError(f"worker {cls.worker_name!r}: {exc}") from None
+        group = _Group(cls, worker_key, merged, pool_size)
+        group.pimp = pimp_class(self, cls.worker_name, worker_key)
+        self._groups[(group.name, worker_key)] = group
+        for index in range(pool_size):
+            self._start_proc(group, index)
+        logger.info("started worker %s (pids %s)", group.label,
+                    ", ".join(str(proc.pid) for proc in group.procs if proc is not None))
+        return group.pimp
+
+    def delete_worker(self, worker: Any = None, worker_key: Any = None) -> None:
+        """Ask a worker to exit once it has answered what it was asked; no restart.
+
+        New ``ask_worker`` calls raise InvalidWorker at once.  A process that
+        has not exited within the reactor's ``stop_grace`` is killed.
+        """
+        name = worker.worker_name if isinstance(worker, type) else str(worker)
+        group = self._groups.pop((name, worker_key), None)
+        if group is None:
+            raise InvalidWorker(f"delete_worker: worker {name!r} (worker_key={worker_key!r}) "
+                                f"is not running; running: {self.running_workers()}")
+        group.deleted = True
+        self._cancel_restarts(group)
+        self._fail_waiting(group, f"worker {group.label} was deleted before it took this request")
+        for proc in group.procs:
+            if proc is not None:
+                self._ask_to_stop(proc, self.reactor.stop_grace)
+        logger.info("deleting worker %s", group.label)
+
+    def running_workers(self) -> List[Tuple[str, Any]]:
+        return sorted(self._groups, key=repr)
+
+    def pimp(self, worker_name: str, worker_key: Any = None) -> Pimp:
+        """The proxy of a running worker."""
+        return self._group(worker_name, worker_key).pimp
+
+    def pids(self, worker_name: str, worker_key: Any = None) -> List[int]:
+        """Pids of the worker's processes that are up (empty while restarting)."""
+        group = self._groups.get((worker_name, worker_key))
+        if group is None:
+            return []
+        return [proc.pid for proc in group.procs if proc is not None and not proc.closing]
+
+    def pending_count(self) -> int:
+        """Requests awaiting an answer (in flight or queued)."""
+        return len(self._pending)
+
+    # ------------------------------------------------------------ asking
+    def ask(self, conn: Any, worker_name: str, data: Any = None, type: str = "request",
+            worker_key: Any = None, callback: Any = None, **extra: Any) -> int:
+        """Send a request to a worker; return its request id.
+
+        The answer goes to ``callback`` if given, else to ``conn.worker_receive``.
+        A request with nobody to answer (no connection, no callback) is sent
+        but not tracked.  Raises InvalidWorker if the worker is not running,
+        SerializationError if the message cannot be pickled.
+        """
+        group = self._group(worker_name, worker_key)
+        cb: Optional[Callback] = None
+        if callback is not None:
+            cb = callback if isinstance(callback, Callback) else Callback(callback)
+        rid = next(self._rids)
+        message = dict(extra)
+        message.update(type=type, data=data, request_id=rid, worker=worker_name, worker_key=worker_key)
+        conn_sig = None
+        if conn is not None:
+            conn_sig = message["client_signature"] = conn.signature
+        if cb is not None:
+            message["callback_signature"] = cb.signature
+        request = _Request(rid, message, conn_sig, cb)
+        if type != "request" or (conn is None and cb is None):
+            self._send_untracked(group, message)
+            return rid
+        self._pending[rid] = request
+        self._dispatch(group, request)
+        return rid
+
+    def send_untracked(self, worker_name: str, worker_key: Any, message: Dict[str, Any]) -> None:
+        """Send a dict to a worker, expecting no answer (Pimp.send_data)."""
+        self._send_untracked(self._group(worker_name, worker_key), message)
+
+    def forward(self, source: Optional[_Proc], request: Dict[str, Any]) -> None:
+        """Worker -> worker: send ``request`` to its ``requested_worker``; reply to ``source``."""
+        name = request.get("requested_worker")
+        key = request.get("requested_worker_key")
+        rid = next(self._rids)
+        origin = {k: request[k] for k in ROUTING_KEYS if k in request}
+        message = {k: v for k, v in request.items() if k not in ROUTING_KEYS}
+        message.update(request_id=rid, worker=name, worker_key=key)
+        if source is not None:
+            message["from_worker"] = source.group.name
+            message["from_worker_key"] = source.group.key
+        req = _Request(rid, message, None, None, asker=source, origin=origin)
+        group = self._groups.get((name, key))
+        if group is None:
+            text = (f"InvalidWorker: worker {name!r} (worker_key={key!r}) is not running; "
+                    f"running: {self.running_workers()}")
+            self._answer(req, error_reply(message, text, None, exception=InvalidWorker(text)))
+            return
+        self._pending[rid] = req
+        self._dispatch(group, req)
+
+    def route_reply(self, reply: Dict[str, Any]) -> bool:
+        """Answer the request ``reply`` belongs to (Pimp.deliver); False if dropped."""
+        rid = reply.get("request_id")
+        if rid is None:
+            signature = reply.get("client_signature")
+            if signature is not None:
+                return self._to_connection(signature, reply)
+            logger.debug("dropped a %r reply without request_id or client_signature", reply.get("type"))
+            return False
+        request = self._pending.pop(rid, None)
+        if request is None:
+            logger.debug("dropped a %r reply for request %r: it was answered already "
+                         "(or its worker died first)", reply.get("type"), rid)
+            return False
+        self._settle(request)
+        if reply.get("type") == "error" and "exception" not in reply:
+            reply["exception"] = WorkerError(str(reply.get("error")),
+                                             remote_traceback=reply.get("traceback"))
+        return self._answer(request, reply)
+
+    # ------------------------------------------------------- internals
+    def _worker_class(self, worker: Any) -> type:
+        if isinstance(worker, type) and issubclass(worker, Worker):
+            self.classes.setdefault(worker.worker_name, worker)
+            return worker
+        if worker is None:
+            raise ValueError("start_worker needs worker=<worker name or Worker subclass>")
+        self.load()
+        cls = self.classes.get(str(worker))
+        if cls is None:
+            raise InvalidWorker(f"no worker class named {str(worker)!r} (loaded from "
+                                f"{self.worker_root!r}: {sorted(self.classes)})")
+        return cls
+
+    def _group(self, worker_name: Any, worker_key: Any) -> _Group:
+        group = self._groups.get((str(worker_name), worker_key))
+        if group is None:
+            raise InvalidWorker(f"worker {str(worker_name)!r} (worker_key={worker_key!r}) is not "
+                                f"running; running: {self.running_workers()}; start it with "
+                                f"start_worker(worker=..., worker_key=...)")
+        return group
+
+    def _pick(self, group: _Group, conn_sig: Optional[int]) -> Optional[_Proc]:
+        live = group.live()
+        if not live:
+            return None
+        if conn_sig is not None and len(live) > 1:
+            for proc in live:
+                if proc.per_conn.get(conn_sig):
+                    return proc
+        return min(live, key=lambda proc: len(proc.inflight))
+
+    def _dispatch(self, group: _Group, request: _Request) -> None:
+        proc = self._pick(group, request.conn_sig)
+        if proc is not None:
+            self._send_request(proc, request)
+            return
+        if len(group.waiting) >= self.max_queued:
+            self._pending.pop(request.rid, None)
+            text = (f"worker {group.label} is down and {len(group.waiting)} requests are already "
+                    f"waiting for its restart")
+            self._answer(request, self._master_error(request, text, WorkerCrashed(text)))
+            return
+        _check_picklable(request.message)
+        group.waiting.append(request)
+
+    def _send_request(self, proc: _Proc, request: _Request) -> None:
+        request.proc = proc
+        proc.inflight[request.rid] = request
+        if request.conn_sig is not None:
+            proc.per_conn[request.conn_sig] += 1
+        try:
+            proc.channel.send((MSG, request.message))
+        except Exception as exc:
+            if _is_pickling_error(exc):
+                self._settle(request)
+                self._pending.pop(request.rid, None)
+                raise SerializationError(f"ask_worker({proc.group.name!r}): the request cannot be "
+                                         f"pickled: {type(exc).__name__}: {exc}") from exc
+            # The channel broke: the process is dying; its death answers the request.
+            logger.debug("send to %s (pid %d) failed: %r", proc.group.label, proc.pid, exc)
+
+    def _send_untracked(self, group: _Group, message: Dict[str, Any]) -> None:
+        proc = self._pick(group, None)
+        if proc is None:
+            logger.warning("dropped a %r message for %s: no process is up", message.get("type"),
+                           group.label)
+            return
+        try:
+            proc.channel.send((MSG, message))
+        except Exception as exc:
+            if _is_pickling_error(exc):
+                raise SerializationError(f"message for worker {group.name!r} cannot be pickled: "
+                                         f"{type(exc).__name__}: {exc}") from exc
+            logger.debug("send to %s (pid %d) failed: %r", group.label, proc.pid, exc)
+
+    def _settle(self, request: _Request) -> None:
+        proc = request.proc
+        if proc is not None:
+            proc.inflight.pop(request.rid, None)
+            if request.conn_sig is not None:
+                left = proc.per_conn[request.conn_sig] - 1
+                if left > 0:
+                    proc.per_conn[request.conn_sig] = left
+                else:
+                    del proc.per_conn[request.conn_sig]
+
+    def _answer(self, request: _Request, reply: Dict[str, Any]) -> bool:
+        if request.callback is not None:
+            if request.conn_sig is not None and self.reactor.deliver(request.conn_sig,
+                                                                    request.callback, reply):
+                return True
+            gevent.spawn_raw(_call_logged, request.callback, reply)
+            return True
+        if request.asker is not None:
+            return self._to_worker(request, reply)
+        if request.conn_sig is not None:
+            return self._to_connection(request.conn_sig, reply)
+        return False
+
+    def _to_connection(self, signature: int, reply: Dict[str, Any]) -> bool:
+        conn = self.reactor.connections.get(signature)
+        if conn is None or not self.reactor.deliver(signature, conn.worker_receive, reply):
+            logger.debug("dropped a %r reply for connection #%s: it has gone",
+                         reply.get("type"), signature)
+            return False
+        return True
+
+    def _to_worker(self, request: _Request, reply: Dict[str, Any]) -> bool:
+        asker = request.asker
+        if asker is None or asker.closing:
+            logger.debug("dropped a %r reply for a worker that has gone", reply.get("type"))
+            return False
+        reply = {k: v for k, v in reply.items() if k not in ROUTING_KEYS and k != "exception"}
+        reply.update(request.origin or {})
+        try:
+            asker.channel.send((MSG, reply))
+        except Exception as exc:
+            logger.warning("could not pass a reply on to %s (pid %d): %r", asker.group.label,
+                           asker.pid, exc)
+            return False
+        return True
+
+    def _master_error(self, request: _Request, text: str, exc: BaseException) -> Dict[str, Any]:
+        return error_reply(request.message, text, None, worker=request.message.get("worker"),
+                           worker_key=request.message.get("worker_key"), exception=exc)
+
+    def _fail_waiting(self, group: _Group, text: str) -> None:
+        while group.waiting:
+            request = group.waiting.popleft()
+            self._pending.pop(request.rid, None)
+            self._answer(request, self._master_error(request, text, WorkerCrashed(text)))
+
+    # ------------------------------------------------- process lifecycle
+    def _start_proc(self, group: _Group, index: int) -> None:
+        from .channel import Channel
+        from .process import spawn_child
+
+        group.restart_timers.pop(index, None)
+        child = spawn_child(_child_main, name=f"packet worker {group.label}",
+                            args=(group.cls, group.key, group.options, index,
+                                  self.reactor.stop_grace, self.max_message_size))
+        channel = Channel(child.sock, **_channel_options(self.max_message_size))
+        proc = _Proc(group, index, child, channel)
+        group.procs[index] = proc
+        self._procs.add(proc)
+        self._all_dead.clear()
+        channel.start(lambda item: self._on_message(proc, item),
+                      lambda exc: self._on_eof(proc, exc))
+        child.on_exit(lambda *args: self._on_exit(proc))
+        while group.waiting and self._pick(group, None) is not None:
+            request = group.waiting.popleft()
+            self._dispatch(group, request)
+
+    def _on_message(self, proc: _Proc, item: Any) -> None:  # in the hub
+        try:
+            kind, payload = item
+        except (TypeError, ValueError):
+            logger.warning("%s (pid %d) sent a malformed message %r", proc.group.label, proc.pid, item)
+            return
+        group = proc.group
+        if kind == MSG:
+            if isinstance(payload, dict):
+                group.serial.post(self._to_pimp, group.pimp, proc, payload)
+            else:
+                logger.warning("%s (pid %d) sent a %s, not a dict; dropped", group.label, proc.pid,
+                               type(payload).__name__)
+        elif kind == READY:
+            logger.debug("worker %s (pid %d) is ready", group.label, proc.pid)
+        elif kind == LOG:
+            level, text = payload
+            logging.getLogger(f"{__name__}.{group.name}").log(level, "[%s pid %d] %s",
+                                                               group.label, proc.pid, text)
+        elif kind == INIT_FAILED:
+            logger.error("worker %s (pid %d): worker_init raised:\n%s", group.label, proc.pid, payload)
+        else:
+            logger.warning("%s (pid %d) sent an unknown message kind %r", group.label, proc.pid, kind)
+
+    @staticmethod
+    def _to_pimp(pimp: Pimp, proc: _Proc, payload: Dict[str, Any]) -> None:
+        pimp._source = proc
+        try:
+            pimp.receive_data(payload)
+        finally:
+            pimp._source = None
+
+    def _on_eof(self, proc: _Proc, exc: Optional[BaseException] = None) -> None:  # in the hub
+        if proc.eof or proc.dead:
+            return
+        proc.eof = True
+        proc.closing = True
+        if proc.exited:
+            proc.cancel_timer()
+            proc.group.serial.post(self._proc_died, proc)
+        elif exc is not None:
+            # A bad frame or a message we cannot unpickle: the stream is lost.
+            logger.error("worker %s (pid %d) sent a message the master cannot read (%s: %s); "
+                         "killing it", proc.group.label, proc.pid, type(exc).__name__, exc)
+            proc.child.kill()
+        elif not proc.stopping:
+            # It closed its channel but lives on: of no more use.  Give the
+            # exit (which normally follows at once) a moment, then kill it.
+            self._arm(proc, EXIT_WAIT, proc.child.kill)
+
+    def _on_exit(self, proc: _Proc) -> None:
+        if proc.exited:
+            return
+        proc.exited = True
+        proc.closing = True
+        proc.cancel_timer()
+        if proc.eof:
+            proc.group.serial.post(self._proc_died, proc)
+        else:
+            self._arm(proc, EOF_WAIT, lambda: proc.group.serial.post(self._proc_died, proc))
+
+    def _arm(self, proc: _Proc, seconds: float, fn: Callable[[], Any]) -> None:
+        proc.cancel_timer()
+        proc.timer = gevent.get_hub().loop.timer(seconds)
+        proc.timer.start(fn)
+
+    def _proc_died(self, proc: _Proc) -> None:  # in the group's serial greenlet
+        if proc.dead:
+            return
+        proc.dead = True
+        proc.cancel_timer()
+        group = proc.group
+        try:
+            proc.channel.close()
+        except Exception:  # pragma: no cover - closing a dead channel
+            logger.debug("closing the channel of pid %d failed", proc.pid, exc_info=True)
+        self._procs.discard(proc)
+        if group.procs[proc.index] is proc:
+            group.procs[proc.index] = None
+        how = _describe_exit(proc.child)
+        text = f"worker {group.label} (pid {proc.pid}) {how}"
+        requests = list(proc.inflight.values())
+        proc.inflight.clear()
+        proc.per_conn.clear()
+        for request in requests:
+            self._pending.pop(request.rid, None)
+            crashed = WorkerCrashed(text, pid=proc.pid, exitcode=getattr(proc.child, "exitcode", None),
+                                    signal=getattr(proc.child, "signal", None))
+            self._answer(request, self._master_error(request, text, crashed))
+        try:
+            group.pimp.worker_exited(proc.pid, text)
+        except Exception:
+            logger.exception("%r.worker_exited raised", group.pimp)
+        if proc.stopping:
+            logger.log(logging.WARNING if requests else logging.DEBUG, "%s%s", text,
+                       f"; {len(requests)} requests answered with an error" if requests else "")
+        else:
+            self._after_crash(group, proc, text, len(requests))
+        if not self._procs:
+            self._all_dead.set()
+
+    def _after_crash(self, group: _Group, proc: _Proc, text: str, failed: int) -> None:
+        lost = f"; {failed} pending requests answered with an error" if failed else ""
+        if group.deleted or self._stopping:
+            logger.info("%s%s", text, lost)
+            return
+        if not self.restart:
+            logger.error("%s%s; not restarted (restart_workers=False)", text, lost)
+            if not any(p is not None for p in group.procs):
+                self._groups.pop((group.name, group.key), None)
+                self._fail_waiting(group, f"{text}; not restarted (restart_workers=False)")
+            return
+        loop = gevent.get_hub().loop
+        if loop.now() - proc.started_at >= RESTART_RESET:
+            group.failures[proc.index] = 0
+        failures = group.failures[proc.index]
+        delay = (RESTART_FIRST_DELAY if failures == 0
+                 else min(RESTART_MAX_DELAY, RESTART_MIN_DELAY * 2 ** (failures - 1)))
+        group.failures[proc.index] = failures + 1
+        logger.error("%s%s; restarting in %.2f s", text, lost, delay)
+        timer = loop.timer(delay)
+        group.restart_timers[proc.index] = timer
+        timer.start(self._restart, group, proc.index)
+
+    def _restart(self, group: _Group, index: int) -> None:  # in the hub (timer)
+        timer = group.restart_timers.pop(index, None)
+        if timer is not None:
+            timer.close()
+        if group.deleted or self._stopping or group.procs[index] is not None:
+            return
+        gevent.spawn_raw(self._restart_in_greenlet, group, index)
+
+    def _restart_in_greenlet(self, group: _Group, index: int) -> None:
+        if group.deleted or self._stopping or group.procs[index] is not None:
+            return
+        try:
+            self._start_proc(group, index)
+        except Exception as exc:
+            logger.exception("restarting worker %s failed", group.label)
+            group.failures[index] += 1
+            timer = gevent.get_hub().loop.timer(RESTART_MAX_DELAY)
+            group.restart_timers[index] = timer
+            timer.start(self._restart, group, index)
+            if not group.live():
+                self._fail_waiting(group, f"restarting worker {group.label} failed: {exc!r}")
+            return
+        logger.info("restarted worker %s (pid %d)", group.label, group.procs[index].pid)
+
+    def _cancel_restarts(self, group: _Group) -> None:
+        for timer in group.restart_timers.values():
+            timer.close()
+        group.restart_timers.clear()
+
+    def _ask_to_stop(self, proc: _Proc, grace: float) -> None:
+        proc.stopping = True
+        proc.closing = True
+        try:
+            proc.channel.send((STOP, None))
+        except Exception:
+            logger.debug("could not send stop to pid %d", proc.pid, exc_info=True)
+        if not proc.exited:
+            self._arm(proc, grace, proc.child.kill)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop every worker: ask, wait up to ``timeout``, then kill; answer what is left."""
+        self._stopping = True
+        for group in list(self._groups.values()):
+            self._cancel_restarts(group)
+            self._fail_waiting(group, f"reactor stopped before worker {group.label} took this request")
+        for proc in list(self._procs):
+            if not proc.stopping:
+                self._ask_to_stop(proc, max(timeout, 0.0))
+        # Kill timers fire at the deadline; after them the exits come within ms.
+        if not self._all_dead.wait(max(timeout, 0.0) + 2.0):
+            for proc in list(self._procs):
+                logger.error("worker %s (pid %d) did not exit after SIGKILL", proc.group.label, proc.pid)
+        for request in list(self._pending.values()):
+            self._pending.pop(request.rid, None)
+            self._settle(request)
+            text = "reactor stopped before the worker replied"
+            self._answer(request, self._master_error(request, text, WorkerCrashed(text)))
+        self._groups.clear()
+
+
+# ----------------------------------------------------------- child entry
+def _child_main(sock: Any, cls: type, worker_key: Any, options: Dict[str, Any], index: int,
+                stop_grace: float, max_message_size: Optional[int]) -> int:
+    """Runs in the forked child (fresh hub, no inherited fds but ``sock``)."""
+    from .channel import Channel
+    channel = Channel(sock, **_channel_options(max_message_size))
+    return run_worker(channel, cls, worker_key, options, index, stop_grace)
+
+
+def _channel_options(max_message_size: Optional[int]) -> Dict[str, Any]:
+    return {} if max_message_size is None else {"max_message_size": max_message_size}
+
+
+def _describe_exit(child: Any) -> str:
+    describe = getattr(child, "describe_exit", None)
+    if describe is not None:
+        return describe()
+    return f"exited (exitcode={getattr(child, 'exitcode', None)}, signal={getattr(child, 'signal', None)})"
+
+
+def _check_picklable(message: Dict[str, Any]) -> None:
+    try:
+        pickle.dumps(message, protocol=5)
+    except Exception as exc:
+        raise SerializationError(f"the request cannot be pickled: {type(exc).__name__}: {exc}") from exc
+
+
+def _is_pickling_error(exc: BaseException) -> bool:
+    return isinstance(exc, (pickle.PicklingError, SerializationError, TypeError, AttributeError,
+                            RecursionError))

@@ -1,0 +1,1 @@
+"""Fixture: files starting with '_' are helpers, not workers (no error for them)."""
