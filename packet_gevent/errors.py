@@ -5,6 +5,7 @@ the peer or the OS keep the original error as ``__cause__``.
 """
 from __future__ import annotations
 
+from concurrent.futures import BrokenExecutor
 from typing import Optional
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "ConnectionLimitReached",
     "OutboundOverflow",
     "ChannelClosed",
+    "TaskTimeout",
+    "PoolBroken",
 ]
 
 
@@ -100,3 +103,23 @@ class ChannelClosed(PacketError, RuntimeError):
     Closed by ``close()``, or because the peer went away or sent a bad stream;
     the original error, if any, is the ``__cause__``.
     """
+
+
+class TaskTimeout(PacketError, TimeoutError):
+    """A pool task ran longer than its timeout; its process was killed and replaced.
+
+    A ``TimeoutError``, so ``except TimeoutError`` catches it; waiting on a
+    future with ``result(timeout)`` raises the plain ``TimeoutError`` instead.
+    """
+
+
+class PoolBroken(PacketError, BrokenExecutor):
+    """A fork pool cannot run tasks: its ``initializer`` raised in a new process.
+
+    Every task it held fails with this error and ``submit`` raises it; the
+    remote traceback of the initializer is in ``remote_traceback``.
+    """
+
+    def __init__(self, message: str, *, remote_traceback: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.remote_traceback = remote_traceback
