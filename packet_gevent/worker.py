@@ -55,7 +55,8 @@ INIT_FAILED = "init_failed"  # worker -> master: traceback text of worker_init
 
 def snake_name(class_name: str) -> str:
     """``FooWorker`` -> ``foo_worker`` (Packet's naming rule, reversed)."""
-    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", class_name).lower()
+    words = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", class_name)   # HTTPFetch -> HTTP_Fetch
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", words).lower()
 
 
 class Worker:
