@@ -33,7 +33,9 @@ import os
 import re
 import signal
 import traceback
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
+
+import greenlet
 
 __all__ = ["Worker", "ROUTING_KEYS", "run_worker"]
 
@@ -116,19 +118,19 @@ class Worker:
     def send_data(self, obj: Dict[str, Any]) -> None:
         """Send a dict to the master (a reply, a status, a request to another worker).
 
-        A response or error without ``request_id``, sent while a request is
-        being handled, gets that request's routing keys.
+        A response or error without ``request_id``, sent from ``receive_data``
+        while it handles a request, gets that request's routing keys.
         """
         if not isinstance(obj, dict):
             raise TypeError(f"send_data takes a dict (with a 'type' key), got {type(obj).__name__}")
         current = self._pg_current
-        if (current is not None and "request_id" not in obj
+        if (current is not None and current[0] is greenlet.getcurrent() and "request_id" not in obj
                 and obj.get("type", "response") in ("response", "error")):
             obj = dict(obj)
             obj.setdefault("type", "response")
             for key in ROUTING_KEYS:
-                if key in current:
-                    obj[key] = current[key]
+                if key in current[1]:
+                    obj[key] = current[1][key]
         self._pg_channel.send((MSG, obj))
 
     def reply(self, request: Dict[str, Any], data: Any, type: str = "response", **extra: Any) -> None:
@@ -178,7 +180,8 @@ class Worker:
     def pid(self) -> int:
         return os.getpid()
 
-    _pg_current: Optional[Dict[str, Any]] = None
+    # (greenlet, request) while receive_data handles a request.
+    _pg_current: Optional[Tuple[Any, Dict[str, Any]]] = None
     _pg_channel: Any = None
 
     def __repr__(self) -> str:
@@ -196,7 +199,7 @@ def error_reply(request: Dict[str, Any], error: str, tb: Optional[str], **extra:
 
 def _handle(worker: Worker, message: Dict[str, Any]) -> None:
     is_request = message.get("type") == "request"
-    worker._pg_current = message if is_request else None
+    worker._pg_current = (greenlet.getcurrent(), message) if is_request else None
     try:
         worker.receive_data(message)
     except Exception as exc:

@@ -42,7 +42,8 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 import gevent
 import gevent.event
 
-from .errors import InvalidWorker, SerializationError, WorkerCrashed, WorkerError, WorkerLoadError
+from .errors import (ChannelClosed, FrameError, InvalidWorker, SerializationError, WorkerCrashed,
+                     WorkerError, WorkerLoadError)
 from .pimp import Callback, MetaPimp, Pimp, find_pimp_class
 from .worker import INIT_FAILED, LOG, MSG, READY, ROUTING_KEYS, STOP, Worker, error_reply, run_worker
 
@@ -190,6 +191,7 @@ class _Proc:
         self.eof = False
         self.exited = False
         self.dead = False        # death handled
+        self.cause: Optional[str] = None  # why we killed it, if we did
         self.timer: Any = None
 
     def cancel_timer(self) -> None:
@@ -371,30 +373,34 @@ class WorkerManager:
 
     # ------------------------------------------------------------ asking
     def ask(self, conn: Any, worker_name: str, data: Any = None, type: str = "request",
-            worker_key: Any = None, callback: Any = None, **extra: Any) -> int:
+            worker_key: Any = None, callback: Any = None, **extra: Any) -> Optional[int]:
         """Send a request to a worker; return its request id.
 
         The answer goes to ``callback`` if given, else to ``conn.worker_receive``.
-        A request with nobody to answer (no connection, no callback) is sent
-        but not tracked.  Raises InvalidWorker if the worker is not running,
-        SerializationError if the message cannot be pickled.
+        Only a ``type="request"`` with somebody to answer (a connection or a
+        callback) is tracked (answered exactly once, an error if the worker
+        dies); anything else is sent as is, without ``request_id`` (None is
+        returned), and a reply to it is routed by ``client_signature`` alone.
+        Raises InvalidWorker if the worker is not running, SerializationError
+        if the message cannot be pickled, FrameError if it is over
+        ``max_message_size``.
         """
         group = self._group(worker_name, worker_key)
         cb: Optional[Callback] = None
         if callback is not None:
             cb = callback if isinstance(callback, Callback) else Callback(callback)
-        rid = next(self._rids)
         message = dict(extra)
-        message.update(type=type, data=data, request_id=rid, worker=worker_name, worker_key=worker_key)
+        message.update(type=type, data=data, worker=worker_name, worker_key=worker_key)
         conn_sig = None
         if conn is not None:
             conn_sig = message["client_signature"] = conn.signature
         if cb is not None:
             message["callback_signature"] = cb.signature
-        request = _Request(rid, message, conn_sig, cb)
         if type != "request" or (conn is None and cb is None):
             self._send_untracked(group, message)
-            return rid
+            return None
+        rid = message["request_id"] = next(self._rids)
+        request = _Request(rid, message, conn_sig, cb)
         self._pending[rid] = request
         self._dispatch(group, request)
         return rid
@@ -497,13 +503,14 @@ class WorkerManager:
             proc.per_conn[request.conn_sig] += 1
         try:
             proc.channel.send((MSG, request.message))
-        except Exception as exc:
-            if _is_pickling_error(exc):
-                self._settle(request)
-                self._pending.pop(request.rid, None)
-                raise SerializationError(f"ask_worker({proc.group.name!r}): the request cannot be "
-                                         f"pickled: {type(exc).__name__}: {exc}") from exc
-            # The channel broke: the process is dying; its death answers the request.
+        except (SerializationError, FrameError) as exc:  # unpicklable, or over max_message_size
+            self._settle(request)
+            self._pending.pop(request.rid, None)
+            if isinstance(exc, SerializationError):
+                raise _unpicklable(proc.group.name, exc.__cause__ or exc) from exc.__cause__
+            raise
+        except ChannelClosed as exc:
+            # The process is dying; its death answers the request.
             logger.debug("send to %s (pid %d) failed: %r", proc.group.label, proc.pid, exc)
 
     def _send_untracked(self, group: _Group, message: Dict[str, Any]) -> None:
@@ -514,10 +521,7 @@ class WorkerManager:
             return
         try:
             proc.channel.send((MSG, message))
-        except Exception as exc:
-            if _is_pickling_error(exc):
-                raise SerializationError(f"message for worker {group.name!r} cannot be pickled: "
-                                         f"{type(exc).__name__}: {exc}") from exc
+        except ChannelClosed as exc:
             logger.debug("send to %s (pid %d) failed: %r", group.label, proc.pid, exc)
 
     def _settle(self, request: _Request) -> None:
@@ -640,13 +644,16 @@ class WorkerManager:
             proc.group.serial.post(self._proc_died, proc)
         elif exc is not None:
             # A bad frame or a message we cannot unpickle: the stream is lost.
-            logger.error("worker %s (pid %d) sent a message the master cannot read (%s: %s); "
-                         "killing it", proc.group.label, proc.pid, type(exc).__name__, exc)
+            proc.cause = f"it sent a message the master cannot read ({type(exc).__name__}: {exc})"
+            logger.error("worker %s (pid %d): %s; killing it", proc.group.label, proc.pid, proc.cause)
             proc.child.kill()
         elif not proc.stopping:
             # It closed its channel but lives on: of no more use.  Give the
             # exit (which normally follows at once) a moment, then kill it.
-            self._arm(proc, EXIT_WAIT, proc.child.kill)
+            def kill() -> None:
+                proc.cause = f"it closed its channel but had not exited {EXIT_WAIT} s later"
+                proc.child.kill()
+            self._arm(proc, EXIT_WAIT, kill)
 
     def _on_exit(self, proc: _Proc) -> None:
         if proc.exited:
@@ -679,6 +686,8 @@ class WorkerManager:
             group.procs[proc.index] = None
         how = _describe_exit(proc.child)
         text = f"worker {group.label} (pid {proc.pid}) {how}"
+        if proc.cause:
+            text += f": {proc.cause}"
         requests = list(proc.inflight.values())
         proc.inflight.clear()
         proc.per_conn.clear()
@@ -806,9 +815,12 @@ def _check_picklable(message: Dict[str, Any]) -> None:
     try:
         pickle.dumps(message, protocol=5)
     except Exception as exc:
-        raise SerializationError(f"the request cannot be pickled: {type(exc).__name__}: {exc}") from exc
+        raise _unpicklable(message.get("worker"), exc) from exc
 
 
-def _is_pickling_error(exc: BaseException) -> bool:
-    return isinstance(exc, (pickle.PicklingError, SerializationError, TypeError, AttributeError,
-                            RecursionError))
+def _unpicklable(worker_name: Any, cause: BaseException) -> SerializationError:
+    return SerializationError(
+        f"ask_worker({worker_name!r}): the request cannot be pickled for the worker process: "
+        f"{type(cause).__name__}: {cause}. Send plain data (str, numbers, lists, dicts, "
+        f"instances of importable classes)")
+

@@ -15,8 +15,8 @@ import gevent.event
 import greenlet
 import pytest
 
-from packet_gevent import (Callback, Connection, InvalidWorker, MetaPimp, Reactor, SerializationError,
-                           WorkerCrashed, WorkerError)
+from packet_gevent import (Callback, Connection, FrameError, InvalidWorker, MetaPimp, Reactor,
+                           SerializationError, WorkerCrashed, WorkerError)
 from packet_gevent import workers as workers_module
 
 from .conftest import wait_for
@@ -238,6 +238,53 @@ def test_unpicklable_request_raises_serialization_error(wreactor):
         wreactor.ask_worker("echo_worker", data=("echo", lambda: 1), callback=lambda r: None)
     assert wreactor.workers.pending_count() == 0
     assert ask(wreactor, "echo_worker", ("echo", 2))["data"] == 2
+
+
+def test_max_message_size_applies_both_ways():
+    reactor = Reactor(worker_root=BASIC, max_message_size=64 * 1024, stop_grace=2.0).start()
+    try:
+        with pytest.raises(FrameError, match="max_message_size"):
+            reactor.ask_worker("echo_worker", data=("echo", b"x" * 100_000), callback=lambda r: None)
+        assert reactor.workers.pending_count() == 0
+        # A reply over the limit fails in the worker: an error reply instead.
+        reply = ask(reactor, "echo_worker", ("big", 100_000))
+        assert reply["type"] == "error" and "max_message_size" in reply["error"]
+        assert ask(reactor, "echo_worker", ("big", 10))["data"] == b"x" * 10
+    finally:
+        reactor.stop(timeout=2.0)
+
+
+def test_a_message_the_master_cannot_read_replaces_the_worker(wreactor):
+    pid = wreactor.workers.pids("echo_worker")[0]
+    reply = ask(wreactor, "echo_worker", ("bad_message", None))
+    assert reply["type"] == "error"
+    # Killed, or it saw its channel close and exited first: either way, said why.
+    assert reply["error"].startswith(f"worker echo_worker (pid {pid}) ")
+    assert ": it sent a message the master cannot read (SerializationError" in reply["error"]
+    wait_for(lambda: wreactor.workers.pids("echo_worker") not in ([], [pid]), message="the restart")
+    assert ask(wreactor, "echo_worker", ("echo", 1))["data"] == 1
+
+
+def test_untracked_messages_get_no_request_id_and_replies_route_by_signature(wreactor):
+    got = gevent.event.AsyncResult()
+
+    class Notifier(Connection):
+        def connection_completed(self):
+            got.set(self.ask_worker("echo_worker", data="ping", type="notify"))
+
+        def worker_receive(self, reply):
+            got.set(reply)
+
+    server = wreactor.start_server("127.0.0.1", 0, Notifier)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    try:
+        assert got.get(timeout=10) is None  # ask_worker returned no request id
+        got = gevent.event.AsyncResult()
+        reply = got.get(timeout=10)
+        assert reply["data"] == "ping" and "request_id" not in reply
+        assert wreactor.workers.pending_count() == 0
+    finally:
+        sock.close()
 
 
 # ------------------------------------------------ worker_key, start, delete

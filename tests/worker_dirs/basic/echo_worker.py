@@ -14,7 +14,9 @@ class EchoWorker(Worker):
         self.waiting = {}  # forwarded request id -> original request
 
     def receive_data(self, request):
-        if request["type"] != "request":
+        if request["type"] == "notify":
+            request["data"] = ("notify_back", request["data"])
+        elif request["type"] != "request":
             return self.on_reply(request)
         op, arg = request["data"]
         if op == "echo":
@@ -50,6 +52,18 @@ class EchoWorker(Worker):
         elif op == "log":
             self.log("hello from", os.getpid())
             self.reply(request, "logged")
+        elif op == "big":
+            self.reply(request, b"x" * arg)
+        elif op == "bad_message":
+            # An instance of a class that exists only in this process: the
+            # master cannot unpickle it.
+            only_here = type("OnlyHere", (), {"__module__": __name__})
+            globals()["OnlyHere"] = only_here
+            self.reply(request, only_here())
+        elif op == "notify_back":
+            # Reply to an untracked message: routed by client_signature alone.
+            self.send_data({"type": "response", "data": arg,
+                            "client_signature": request["client_signature"]})
         elif op == "fds":
             self.reply(request, sorted(int(fd) for fd in os.listdir("/proc/self/fd")))
         elif op == "serve":
