@@ -25,6 +25,19 @@ starts, forks every worker that is not ``no_auto_load``.  The
   and the restart) wait in a bounded queue (``MAX_QUEUED``) and go to the
   restarted process; past the bound they are answered with an error at once.
   Requests in flight at a crash are *not* retried (they may have had effects).
+
+Workers are forked with :func:`~packet_gevent.process.spawn_child` (so the
+reactor must run in the main thread) and talk over
+:class:`~packet_gevent.channel.Channel`.
+
+Measured with ``python -m packet_gevent.workers`` (:func:`_measure`; Python
+3.11, shared 2-core VM, load ~0.3, 3 runs): ask_worker round trip with a
+callback, one at a time: p50 163-183 us, p99 276-312 us; 20,000 requests in
+flight: 39-48k requests/s (one process or a pool of 3 alike: the master is
+the bottleneck); SIGKILL of a worker to the error reply of its pending
+request: 2.0-3.8 ms; to the restarted worker's first answer: 6-9 ms.  Workers
+of a SIGKILLed master were gone 6-10 ms later (PR_SET_PDEATHSIG, and EOF on
+the channel as well; measured from a test-like script, 10 runs).
 """
 from __future__ import annotations
 
@@ -67,7 +80,8 @@ RESTART_MAX_DELAY = 5.0
 RESTART_RESET = 10.0
 #: After a worker's channel reaches EOF, how long to wait for the process to
 #: exit before killing it (it closed its channel, so it is of no more use).
-#: Both events normally arrive within a millisecond of each other.
+#: Both events normally arrive together (a SIGKILLed worker's pending request
+#: is answered 2.4-3.8 ms after the kill, both events included).
 EXIT_WAIT = 1.0
 #: After a worker exits, how long to wait for EOF on its channel, so replies
 #: it sent before dying are routed before its pending requests fail.  Only a
@@ -824,3 +838,68 @@ def _unpicklable(worker_name: Any, cause: BaseException) -> SerializationError:
         f"{type(cause).__name__}: {cause}. Send plain data (str, numbers, lists, dicts, "
         f"instances of importable classes)")
 
+
+
+def _measure() -> None:  # pragma: no cover - run by hand to refresh the docstring numbers
+    """Print round trip, throughput and crash-handling times: python -m packet_gevent.workers."""
+    import signal
+    import time
+
+    from . import workers as this  # not __main__: the module the reactor uses
+    from .reactor import Reactor
+
+    this.RESTART_RESET = 0.0  # restart at once every time: measure the restart, not the backoff
+
+    class Doubler(Worker):
+        worker_name = "doubler"
+
+        def receive_data(self, request: Dict[str, Any]) -> None:
+            if request["data"] == "sleep":
+                gevent.sleep(30)
+            self.reply(request, request["data"])
+
+    reactor = Reactor().start()
+    reactor.start_worker(worker=Doubler)
+
+    def ask(data: Any) -> Dict[str, Any]:
+        result = gevent.event.AsyncResult()
+        reactor.ask_worker("doubler", data=data, callback=result.set)
+        return result.get(10)
+
+    for i in range(500):
+        ask(i)
+    samples = []
+    for i in range(5000):
+        t0 = time.perf_counter()
+        ask(i)
+        samples.append(time.perf_counter() - t0)
+    samples.sort()
+    print(f"round trip p50 {samples[2500] * 1e6:.0f} us, p99 {samples[4950] * 1e6:.0f} us")
+    count, done = [0], gevent.event.Event()
+
+    def counted(reply: Dict[str, Any]) -> None:
+        count[0] += 1
+        if count[0] == 20000:
+            done.set()
+    t0 = time.perf_counter()
+    for i in range(20000):
+        reactor.ask_worker("doubler", data=i, callback=counted)
+    done.wait(60)
+    print(f"20,000 in flight: {20000 / (time.perf_counter() - t0):,.0f} requests/s")
+    for _ in range(5):
+        pid = reactor.workers.pids("doubler")[0]
+        result = gevent.event.AsyncResult()
+        reactor.ask_worker("doubler", data="sleep", callback=result.set)
+        gevent.sleep(0.05)
+        t0 = time.perf_counter()
+        os.kill(pid, signal.SIGKILL)
+        result.get(5)
+        noticed = time.perf_counter() - t0
+        ask(1)
+        print(f"SIGKILL -> error reply {noticed * 1e3:.1f} ms, -> restarted worker's answer "
+              f"{(time.perf_counter() - t0) * 1e3:.1f} ms")
+    reactor.stop(5)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _measure()
