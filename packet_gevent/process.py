@@ -98,6 +98,7 @@ _dup2 = posix.dup2
 _waitpid = posix.waitpid
 _kill = posix.kill
 _StdSocket = get_original("socket", "socket")
+_socketpair = get_original("socket", "socketpair")
 
 #: Poll period of the fallback reaper used when pidfd_open is unavailable.
 #: 5 ms keeps "death noticed within a few ms" at ~0.1% of a core per child.
@@ -353,8 +354,8 @@ def spawn_child(target: Callable[..., Optional[int]], *, name: str = "", args: t
         raise RuntimeError(
             "spawn_child must be called from the main thread: the child's parent-death "
             "signal fires when the forking thread exits")
-    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    parent_sock = _StdSocket(fileno=parent_end.detach())  # never gevent's class
+    # The stdlib's socketpair even under patch_all: plain sockets, close-on-exec.
+    parent_sock, child_end = _socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     child_fd = child_end.detach()
     keep = frozenset(keep_fds)
     parent_pid = os.getpid()
@@ -419,6 +420,7 @@ def _run_target(target, args, child_fd, had_hub) -> int:
     if had_hub:
         _fresh_hub()
     sock = _StdSocket(fileno=child_fd)
+    sock.setblocking(True)
     try:
         result = target(sock, *args)
         code = 0 if result is None else int(result)
