@@ -1,0 +1,760 @@
+"""ForkPool: a gevent-aware process pool that replaces ``gevent.threadpool.ThreadPool``.
+
+CPU-bound calls run in forked processes (no GIL between them), and waiting
+on them blocks only the calling greenlet.  Two APIs over one scheduler:
+
+* ``concurrent.futures.Executor``: ``submit``, ``map``, ``shutdown``, context manager;
+* gevent's ThreadPool names: ``spawn``, ``apply``, ``apply_async``, ``imap``,
+  ``imap_unordered``, ``join``, ``kill``, so gevent code switches in one line::
+
+      pool = gevent.threadpool.ThreadPool(4)   # before
+      pool = packet_gevent.ForkPool(4)         # after
+
+How it runs (the layers: :mod:`.tasks` what a task is and how it travels,
+:mod:`.pool_process` one process and its channel, this module the scheduling):
+
+* ``submit`` queues the task and, once per loop turn, a hub callback sends
+  the queue out: each process gets one message holding one pickle for all
+  its new calls.  A greenlet that submits many tasks without yielding
+  yields to the hub every :data:`SUBMIT_BURST` submits, so the hub keeps
+  serving (and the tasks start) while it submits.
+* Each process has a bounded number of tasks in flight (sent, not yet
+  answered): enough for :data:`PIPELINE_SECONDS` of work at the measured
+  seconds per task, between 1 and :data:`MAX_INFLIGHT`.  Tiny tasks stream
+  in batches; long ones go one per process, so none waits behind another
+  while a process is idle.
+* Outcomes come back in batches and complete the futures in the hub.
+
+Every task gets exactly one outcome.  *Running* means: named in the child's
+shared marker as started and not answered yet; other tasks sent to that
+process are *queued there* (see :mod:`.pool_process`).
+
+* An exception in the task: the same exception type, with the remote
+  traceback as ``__cause__`` (and ``remote_traceback``).
+* The process dies (signal, ``os._exit``, segfault): the running task fails
+  with :class:`~packet_gevent.WorkerCrashed` (exit code or signal); the
+  tasks queued there go back to the front of the queue (a task whose
+  process died under it while queued :data:`MAX_REQUEUES` times fails with
+  WorkerCrashed); the process is replaced.  Outcomes the child had not sent
+  yet are lost with it, so those tasks (at most ~1 ms of finished work) run
+  again.
+* Timeout (``task_timeout=`` or ``schedule(..., timeout=)``), measured from
+  when the task starts *running*: it fails with
+  :class:`~packet_gevent.TaskTimeout` (a ``TimeoutError``), its process is
+  SIGKILLed and replaced, the tasks queued there are sent elsewhere.
+* ``Future.cancel()``: a queued task is dropped (a process it was sent to
+  skips it); a running one is killed as on a timeout and gets
+  ``CancelledError``.  A task the child started in the instant before the
+  skip arrived still runs; its outcome is discarded.
+* An argument, function or result that cannot be pickled fails that task
+  with :class:`~packet_gevent.SerializationError` naming the fix.
+* The ``initializer`` raising in a new process breaks the pool: every task
+  fails with :class:`~packet_gevent.PoolBroken` and ``submit`` raises it.
+
+Processes start on the first submit (so functions defined before that are
+importable in them), from the main thread.  They die with the master
+(PDEATHSIG), at ``shutdown()`` and at interpreter exit.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import functools
+import itertools
+import logging
+import os
+import threading
+import time
+from concurrent.futures._base import PENDING, RUNNING, InvalidStateError
+from typing import (Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple)
+
+import gevent
+import gevent.event
+import gevent.lock
+import gevent.queue
+
+from .errors import (PoolBroken, PoolClosed, SerializationError, TaskTimeout, WorkerCrashed)
+from .futures import Future, TaskResult
+from .pool_process import Markers, PoolProcess
+from .tasks import (ERR, OK, Task, TaskCodec, call_chunk, describe_callable, rebuild_exception)
+
+__all__ = ["ForkPool", "defer_to_connection", "SUBMIT_BURST", "PIPELINE_SECONDS",
+           "MAX_INFLIGHT", "MAX_REQUEUES"]
+
+logger = logging.getLogger(__name__)
+
+#: A greenlet that submits this many tasks within one loop turn yields to
+#: the hub (gevent.sleep(0)) so the hub sends them and keeps serving others.
+#: 256 submits take ~1 ms here, so the hub never stalls much longer than that.
+SUBMIT_BURST = 256
+
+#: Work (at the measured seconds per task) each process keeps in flight, so
+#: it never idles waiting for the master.  2 ms covers a round trip (~0.1 ms)
+#: many times over while keeping what waits behind a long task small.
+PIPELINE_SECONDS = 0.002
+
+#: Most tasks in flight on one process (tiny tasks: ~1 us each would ask for 2,000).
+MAX_INFLIGHT = 1024
+
+#: A task queued on processes that died this many times fails with WorkerCrashed.
+MAX_REQUEUES = 3
+
+#: Restart delays after a process died young (within RESTART_RESET s of its
+#: start, not killed by us): doubled per death from RESTART_MIN_DELAY up to
+#: RESTART_MAX_DELAY, so a crash loop costs little.  Otherwise immediate
+#: (a fork costs ~5 ms).
+RESTART_MIN_DELAY = 0.05
+RESTART_MAX_DELAY = 5.0
+RESTART_RESET = 1.0
+
+#: shutdown(wait=True): how long each process gets to exit after its channel closed.
+EXIT_GRACE = 2.0
+
+
+class ForkPool(concurrent.futures.Executor):
+    """A pool of ``size`` forked processes running calls; waiting blocks only greenlets.
+
+    ``initializer(*initargs)`` runs once in each new process.
+    ``max_tasks_per_child``: a process exits after that many tasks and is
+    replaced.  ``task_timeout``: default running-time limit per task, in
+    seconds.  ``max_pending``: at most that many unfinished tasks; ``submit``
+    then waits (cooperatively) for room.  ``serializer``: ``"pickle"`` or
+    ``"cloudpickle"`` (sends lambdas and closures too; the optional extra).
+    Use it from the thread that created it (``submit`` from another thread
+    is handed to that thread's hub).
+    """
+
+    def __init__(self, size: Optional[int] = None, *,
+                 initializer: Optional[Callable[..., Any]] = None, initargs: tuple = (),
+                 max_tasks_per_child: Optional[int] = None,
+                 task_timeout: Optional[float] = None,
+                 max_pending: Optional[int] = None,
+                 serializer: str = "pickle") -> None:
+        if size is None:
+            size = os.cpu_count() or 1
+        if size < 1:
+            raise ValueError(f"size must be at least 1, got {size!r}")
+        if max_tasks_per_child is not None and max_tasks_per_child < 1:
+            raise ValueError(f"max_tasks_per_child must be None or >= 1, got {max_tasks_per_child!r}")
+        if task_timeout is not None and task_timeout <= 0:
+            raise ValueError(f"task_timeout must be None or > 0, got {task_timeout!r}")
+        if max_pending is not None and max_pending < 1:
+            raise ValueError(f"max_pending must be None or >= 1, got {max_pending!r}")
+        self._size = size
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._max_tasks = max_tasks_per_child
+        self._task_timeout = task_timeout
+        self._codec = TaskCodec(serializer)
+        self._pending_sem = gevent.lock.Semaphore(max_pending) if max_pending else None
+        self._pid = os.getpid()
+        self._thread_id = threading.get_ident()
+        self._hub = gevent.get_hub()
+        self._loop = self._hub.loop
+        self._procs: List[Optional[PoolProcess]] = [None] * size
+        self._markers: Optional[Markers] = None
+        self._restart_timers: Dict[int, Any] = {}
+        self._failures = [0] * size
+        self._queue: Deque[Task] = collections.deque()
+        self._ids = itertools.count(1)
+        self._unfinished = 0
+        self._idle = gevent.event.Event()
+        self._idle.set()
+        self._flush_scheduled = False
+        self._burst = 0
+        self._seconds_per_task: Optional[float] = None
+        self._closed = False
+        self._broken: Optional[PoolBroken] = None
+        self._stats = collections.Counter()
+
+    def __repr__(self) -> str:
+        state = "broken" if self._broken else ("closed" if self._closed else "open")
+        return (f"<ForkPool {state} size={self._size} queued={len(self._queue)} "
+                f"unfinished={self._unfinished}>")
+
+    # -- introspection ------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def __len__(self) -> int:
+        """Tasks submitted and not finished yet (gevent's ThreadPool: tasks in the queue)."""
+        return self._unfinished
+
+    def pids(self) -> List[int]:
+        """Pids of the live pool processes."""
+        return [p.pid for p in self._procs if p is not None and not p.gone]
+
+    def statistics(self) -> Dict[str, Any]:
+        """Counters: submitted, completed, failed, crashed, timed_out, cancelled_running, restarts..."""
+        stats = dict(self._stats)
+        stats.update(size=self._size, queued=len(self._queue), unfinished=self._unfinished,
+                     in_flight=sum(len(p.inflight) for p in self._procs if p is not None),
+                     processes=self.pids(), seconds_per_task=self._seconds_per_task)
+        return stats
+
+    # -- Executor API ---------------------------------------------------------------------
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn(*args, **kwargs)`` in a pool process; return its Future."""
+        return self._submit(fn, args, kwargs or None, self._task_timeout)
+
+    def schedule(self, fn: Callable[..., Any], args: Iterable[Any] = (),
+                 kwargs: Optional[Dict[str, Any]] = None, *,
+                 timeout: Optional[float] = None) -> Future:
+        """``submit`` with a per-task ``timeout`` (running seconds; default ``task_timeout``)."""
+        return self._submit(fn, tuple(args), kwargs or None,
+                            self._task_timeout if timeout is None else timeout)
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: Optional[float] = None,
+            chunksize: int = 1) -> Iterator[Any]:
+        """Results of ``fn`` over the iterables, in order (an iterator).
+
+        All tasks are submitted now; ``timeout`` bounds the whole iteration
+        (TimeoutError).  ``chunksize`` > 1 sends that many calls per task
+        (rarely needed: tasks are batched on the wire anyway).
+        """
+        if chunksize < 1:
+            raise ValueError(f"chunksize must be >= 1, got {chunksize!r}")
+        end = None if timeout is None else time.monotonic() + timeout
+        if chunksize == 1:
+            futures = [self.submit(fn, *args) for args in zip(*iterables)]
+        else:
+            it = zip(*iterables)
+            futures = []
+            while True:
+                chunk = list(itertools.islice(it, chunksize))
+                if not chunk:
+                    break
+                futures.append(self.submit(call_chunk, fn, chunk))
+        return self._results_in_order(futures, end, chunksize > 1)
+
+    @staticmethod
+    def _results_in_order(futures: List[Future], end: Optional[float], chunked: bool) -> Iterator[Any]:
+        futures.reverse()
+        try:
+            while futures:
+                left = None if end is None else end - time.monotonic()
+                result = futures[-1].result(left)
+                futures.pop()
+                if chunked:
+                    yield from result
+                else:
+                    yield result
+        finally:
+            for future in futures:
+                if future._state == PENDING:
+                    future.cancel()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
+                 timeout: Optional[float] = None) -> None:
+        """Take no more tasks; processes exit once the remaining tasks are done.
+
+        ``cancel_futures``: cancel the tasks not sent to a process yet.
+        ``wait``: block the calling greenlet until every task is done and every
+        process has exited.  ``timeout`` (with wait): after that many seconds,
+        kill the processes; tasks still unfinished fail with PoolClosed.
+        """
+        if not self._in_pool_thread():
+            self._loop.run_callback_threadsafe(self.shutdown, False, cancel_futures=cancel_futures)
+            return
+        self._closed = True
+        if cancel_futures:
+            for task in list(self._queue):
+                if task.future._state == PENDING:
+                    task.future.cancel()
+            self._queue.clear()
+        if self._unfinished == 0:
+            self._close_processes()
+        if not wait:
+            return
+        if gevent.getcurrent() is self._hub:
+            logger.warning("ForkPool.shutdown(wait=True) called in the hub: not waiting")
+            return
+        if not self._idle.wait(timeout):
+            logger.warning("ForkPool.shutdown: %d tasks unfinished after %s s; killing the "
+                           "processes", self._unfinished, timeout)
+            self._abort(PoolClosed(f"the pool was shut down (timeout={timeout} s) before this "
+                                   f"task finished"))
+        self._close_processes()
+        for proc in list(self._procs):
+            if proc is not None and not proc.child.wait(EXIT_GRACE):
+                logger.warning("pool process %d did not exit %.1f s after shutdown; killing it",
+                               proc.pid, EXIT_GRACE)
+                proc.child.kill()
+                proc.child.wait()
+
+    # -- gevent.threadpool.ThreadPool API -------------------------------------------------------
+    def spawn(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> TaskResult:
+        """Run ``fn(*args, **kwargs)`` in a pool process; return an AsyncResult-like TaskResult."""
+        return TaskResult(self._submit(fn, args, kwargs or None, self._task_timeout))
+
+    def apply(self, fn: Callable[..., Any], args: Optional[Iterable[Any]] = None,
+              kwds: Optional[Dict[str, Any]] = None, *, timeout: Optional[float] = None) -> Any:
+        """Run ``fn(*args, **kwds)`` in a pool process and return its result.
+
+        Blocks only the calling greenlet.  Called inside a pool process (a
+        task using the pool it came from), it runs the call right there, as
+        gevent's ThreadPool does in its own threads.
+        """
+        args = () if args is None else tuple(args)
+        if os.getpid() != self._pid:
+            return fn(*args, **(kwds or {}))
+        return self.schedule(fn, args, kwds, timeout=timeout).result()
+
+    def apply_async(self, fn: Callable[..., Any], args: Optional[Iterable[Any]] = None,
+                    kwds: Optional[Dict[str, Any]] = None,
+                    callback: Optional[Callable[[Any], Any]] = None, *,
+                    timeout: Optional[float] = None) -> TaskResult:
+        """Like ``apply`` but returns a TaskResult at once; ``callback(result)``
+        runs in a new greenlet if the call succeeds."""
+        result = TaskResult(self.schedule(fn, () if args is None else args, kwds, timeout=timeout))
+        if callback is not None:
+            result.rawlink(lambda r: r.successful() and gevent.spawn(callback, r.value))
+        return result
+
+    def imap(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+             maxsize: Optional[int] = None) -> Iterator[Any]:
+        """Results in order; the iterables are consumed as results are taken.
+
+        At most ``maxsize`` (default :data:`MAX_INFLIGHT`) tasks run or wait
+        ahead of the reader.
+        """
+        return self._imap(fn, zip(*iterables), maxsize or MAX_INFLIGHT, ordered=True)
+
+    def imap_unordered(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+                       maxsize: Optional[int] = None) -> Iterator[Any]:
+        """Results in completion order; otherwise like :meth:`imap`."""
+        return self._imap(fn, zip(*iterables), maxsize or MAX_INFLIGHT, ordered=False)
+
+    def _imap(self, fn: Callable[..., Any], calls: Iterator[tuple], window: int,
+              ordered: bool) -> Iterator[Any]:
+        ahead: Deque[Future] = collections.deque()
+        done: gevent.queue.SimpleQueue = gevent.queue.SimpleQueue()
+        try:
+            for args in itertools.islice(calls, window):
+                ahead.append(self._submit(fn, args, None, self._task_timeout))
+                if not ordered:
+                    ahead[-1].rawlink(done.put)
+            while ahead:
+                if ordered:
+                    future = ahead.popleft()
+                else:
+                    future = done.get()
+                    ahead.remove(future)
+                result = future.result()
+                for args in itertools.islice(calls, 1):
+                    ahead.append(self._submit(fn, args, None, self._task_timeout))
+                    if not ordered:
+                        ahead[-1].rawlink(done.put)
+                yield result
+        finally:
+            for future in ahead:
+                if future._state == PENDING:
+                    future.cancel()
+
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """Wait until no task is unfinished; True if so (False after ``timeout``)."""
+        return self._idle.wait(timeout)
+
+    def kill(self) -> None:
+        """Stop now: cancel queued tasks, kill the processes; running tasks fail with PoolClosed."""
+        self._closed = True
+        for task in list(self._queue):
+            if task.future._state == PENDING:
+                task.future.cancel()
+        self._queue.clear()
+        self._abort(PoolClosed("the pool was killed while this task ran"))
+
+    # -- submitting ---------------------------------------------------------------------------
+    def _submit(self, fn: Callable[..., Any], args: tuple, kwargs: Optional[Dict[str, Any]],
+                timeout: Optional[float]) -> Future:
+        if self._closed:
+            raise self._broken or PoolClosed(
+                "cannot submit: the pool was shut down; create a new ForkPool")
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                "this ForkPool belongs to the process that created it; a task running in a "
+                "pool process cannot submit to it (use apply(), which runs the call inline there)")
+        future = Future(self)
+        if threading.get_ident() != self._thread_id:
+            self._loop.run_callback_threadsafe(self._enqueue, future, fn, args, kwargs, timeout)
+            return future
+        if self._pending_sem is not None and gevent.getcurrent() is not self._hub:
+            self._pending_sem.acquire()
+            if self._closed:
+                self._pending_sem.release()
+                raise self._broken or PoolClosed("cannot submit: the pool was shut down while "
+                                                 "this submit waited for room")
+        self._enqueue(future, fn, args, kwargs, timeout)
+        self._burst += 1
+        if self._burst >= SUBMIT_BURST and gevent.getcurrent() is not self._hub:
+            gevent.sleep(0)  # let the hub send these and serve others
+        return future
+
+    def _enqueue(self, future: Future, fn: Callable[..., Any], args: tuple,
+                 kwargs: Optional[Dict[str, Any]], timeout: Optional[float]) -> None:
+        if self._closed:  # from another thread, after shutdown
+            future.set_exception(self._broken or PoolClosed("the pool was shut down"))
+            return
+        task = Task(next(self._ids), fn, args, kwargs, future, timeout)
+        future._task = task
+        self._queue.append(task)
+        self._unfinished += 1
+        self._stats["submitted"] += 1
+        if self._unfinished == 1:
+            self._idle.clear()
+        if self._markers is None:
+            self._start()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.run_callback(self._flush)
+
+    def _start(self) -> None:
+        self._markers = Markers(self._size)
+        for slot in range(self._size):
+            self._spawn(slot)
+
+    def _spawn(self, slot: int) -> None:
+        self._restart_timers.pop(slot, None)
+        if self._closed and not self._unfinished or self._broken is not None:
+            return
+        try:
+            proc = PoolProcess(self, slot, self._markers, self._codec,  # type: ignore[arg-type]
+                               initializer=self._initializer, initargs=self._initargs,
+                               max_tasks=self._max_tasks)
+        except OSError as exc:  # fork failed (EAGAIN, ENOMEM): try again later
+            logger.error("cannot start pool process %d: %s; retrying", slot, exc)
+            self._restart_later(slot, young=True)
+            return
+        self._procs[slot] = proc
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.run_callback(self._flush)
+
+    def _in_pool_thread(self) -> bool:
+        return threading.get_ident() == self._thread_id
+
+    # -- dispatching (in the hub) ---------------------------------------------------------------
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._burst = 0
+        self._dispatch()
+
+    def _depth(self) -> int:
+        per_task = self._seconds_per_task
+        if per_task is None:
+            return 1
+        if per_task <= PIPELINE_SECONDS / MAX_INFLIGHT:
+            return MAX_INFLIGHT
+        return max(1, min(MAX_INFLIGHT, int(PIPELINE_SECONDS / per_task)))
+
+    def _dispatch(self) -> None:
+        queue = self._queue
+        if not queue:
+            return
+        depth = self._depth()
+        ready = [p for p in self._procs if p is not None and p.accepting and len(p.inflight) < depth]
+        if not ready:
+            return
+        ready.sort(key=lambda p: len(p.inflight))
+        for index, proc in enumerate(ready):
+            if not queue:
+                break
+            room = depth - len(proc.inflight)
+            if self._max_tasks is not None:
+                room = min(room, self._max_tasks - proc.sent)
+            share = -(-len(queue) // (len(ready) - index))
+            self._send(proc, min(room, share))
+
+    def _send(self, proc: PoolProcess, count: int) -> None:
+        queue = self._queue
+        tasks: List[Task] = []
+        alone: List[Task] = []
+        while queue and len(tasks) + len(alone) < count:
+            task = queue.popleft()
+            if not task.future._start_running():
+                continue  # cancelled while queued: already settled
+            (alone if task.alone else tasks).append(task)
+        groups: List[Tuple[List[Task], Any]] = self._encode(tasks) if tasks else []
+        for task in alone:
+            groups += self._encode([task])
+        if not groups:
+            return
+        inflight = proc.inflight
+        timeout = None
+        for group, _ in groups:
+            for task in group:
+                task.where = proc
+                inflight[task.id] = task
+                if task.timeout is not None and (timeout is None or task.timeout < timeout):
+                    timeout = task.timeout
+        proc.sent += sum(len(group) for group, _ in groups)
+        try:
+            proc.send([([task.id for task in group], encoded) for group, encoded in groups])
+        except Exception:  # closed under us: its death settles these tasks
+            logger.debug("pool process %d: send failed", proc.pid, exc_info=True)
+        if timeout is not None:
+            self._arm_timeout(proc, time.monotonic() + timeout)
+
+    def _encode(self, tasks: List[Task]) -> List[Tuple[List[Task], Any]]:
+        """[(tasks, their encoded calls)]; a task that cannot be pickled fails alone."""
+        try:
+            return [(tasks, self._codec.encode_calls([(t.fn, t.args, t.kwargs) for t in tasks]))]
+        except SerializationError as exc:
+            if len(tasks) > 1:
+                return [group for task in tasks for group in self._encode([task])]
+            self._fail(tasks[0], exc)
+            self._settled(1)
+            return []
+
+    # -- outcomes (in the hub) ---------------------------------------------------------------------
+    def _on_outcomes(self, proc: PoolProcess, outcomes: List[Tuple[int, int, Any]],
+                     seconds_per_task: float) -> None:
+        previous = self._seconds_per_task
+        if previous is None or seconds_per_task < previous:
+            self._seconds_per_task = seconds_per_task
+        else:  # slower: move halfway, so a long task shrinks the pipeline quickly
+            self._seconds_per_task = (previous + seconds_per_task) / 2
+        inflight = proc.inflight
+        settled = 0
+        for tid, status, value in outcomes:
+            task = inflight.pop(tid, None)
+            if task is None or task.future._state != RUNNING:
+                continue  # cancelled or timed out meanwhile: already settled
+            try:
+                if status == OK:
+                    task.future.set_result(value)
+                else:
+                    task.future.set_exception(rebuild_exception(value))
+                    self._stats["failed"] += 1
+            except InvalidStateError:  # cancelled from another thread just now
+                pass
+            settled += 1
+        self._stats["completed"] += settled
+        if settled:
+            self._settled(settled)
+        if proc.accepting and self._max_tasks is not None and proc.sent >= self._max_tasks:
+            proc.accepting = False  # it exits after its last task; _on_gone replaces it
+        self._dispatch()
+
+    def _on_bad_group(self, proc: PoolProcess, ids: List[int], why: str) -> None:
+        logger.debug("pool process %d could not decode a group of %d calls (%s); "
+                     "sending them one by one", proc.pid, len(ids), why)
+        requeue = []
+        for tid in ids:
+            task = proc.inflight.pop(tid, None)
+            if task is not None and task.future._state == RUNNING:
+                task.future._state = PENDING
+                task.alone = True
+                requeue.append(task)
+        proc.sent -= len(ids)
+        self._queue.extendleft(reversed(requeue))
+        self._dispatch()
+
+    def _on_init_failed(self, proc: PoolProcess, text: str) -> None:
+        if self._broken is not None:
+            return
+        name = describe_callable(self._initializer)
+        self._broken = PoolBroken(
+            f"the pool's initializer {name} raised in a new process, so the pool cannot run "
+            f"tasks; fix the initializer and create a new pool. Its traceback:\n{text}",
+            remote_traceback=text)
+        logger.error("ForkPool broken: initializer %s raised:\n%s", name, text)
+        self._closed = True
+        self._abort(self._broken)
+
+    # -- faults (in the hub) ------------------------------------------------------------------------
+    def _fail(self, task: Task, exc: BaseException) -> None:
+        try:
+            task.future.set_exception(exc)
+        except InvalidStateError:
+            pass
+        self._stats["failed"] += 1
+
+    def _future_cancelled(self, future: Future, was_running: bool) -> None:
+        if not self._in_pool_thread():
+            self._loop.run_callback_threadsafe(self._future_cancelled, future, was_running)
+            return
+        task = getattr(future, "_task", None)
+        if task is None:  # cancelled before _enqueue ran (submitted from another thread)
+            return
+        proc = task.where
+        if was_running and proc is not None and task.id in proc.inflight:
+            running, _ = proc.running()
+            del proc.inflight[task.id]
+            if running is task:
+                self._stats["cancelled_running"] += 1
+                proc.kill(f"task {task.id} was cancelled while it ran")
+            else:
+                proc.skip([task.id])
+        self._stats["cancelled"] += 1
+        self._settled(1)
+        self._schedule_flush()
+
+    def _arm_timeout(self, proc: PoolProcess, due: float) -> None:
+        if proc.timeout_timer is not None:
+            if proc.timeout_due <= due:
+                return
+            proc.timeout_timer.close()
+        proc.timeout_due = due
+        proc.timeout_timer = self._loop.timer(max(0.0, due - time.monotonic()))
+        proc.timeout_timer.start(self._check_timeouts, proc)
+
+    def _check_timeouts(self, proc: PoolProcess) -> None:
+        proc.timeout_timer.close()
+        proc.timeout_timer = None
+        if proc.gone or proc.killed_for is not None:
+            return
+        running, started = proc.running()
+        now = time.monotonic()
+        due = None
+        if running is not None and running.timeout is not None:
+            if now >= started + running.timeout:
+                self._time_out(proc, running)
+                return
+            due = started + running.timeout
+        shortest = min((t.timeout for t in proc.inflight.values()
+                        if t.timeout is not None and t is not running), default=None)
+        if shortest is not None:
+            due = now + shortest if due is None else min(due, now + shortest)
+        if due is not None:
+            self._arm_timeout(proc, due)
+
+    def _time_out(self, proc: PoolProcess, task: Task) -> None:
+        del proc.inflight[task.id]
+        self._stats["timed_out"] += 1
+        self._fail(task, TaskTimeout(
+            f"task {describe_callable(task.fn)} ran longer than its timeout of {task.timeout} s; "
+            f"its pool process (pid {proc.pid}) was killed and is being replaced"))
+        self._settled(1)
+        proc.kill(f"task {task.id} timed out")
+
+    def _on_gone(self, proc: PoolProcess) -> None:
+        """The process exited and its channel is drained: settle or requeue what it held."""
+        if self._procs[proc.slot] is proc:
+            self._procs[proc.slot] = None
+        running, _ = proc.running()
+        crashed = proc.killed_for is None and (proc.child.exitcode != 0 or proc.inflight)
+        if crashed:
+            self._stats["crashed"] += 1
+            logger.warning("pool process %d %s", proc.pid, proc.child.describe_exit())
+        requeue, settled = [], 0
+        for task in proc.inflight.values():
+            if task.future._state != RUNNING:
+                continue
+            if task is running and crashed:
+                self._fail(task, proc.child.crash_error(
+                    f"the pool process died while running {describe_callable(task.fn)}"))
+                settled += 1
+                continue
+            task.tries += 1
+            if task.tries > MAX_REQUEUES:
+                self._fail(task, proc.child.crash_error(
+                    f"{task.tries} pool processes died while {describe_callable(task.fn)} was "
+                    f"queued on them; the last one"))
+                settled += 1
+            else:
+                task.future._state = PENDING
+                requeue.append(task)
+        proc.inflight.clear()
+        self._queue.extendleft(reversed(requeue))
+        if settled:
+            self._settled(settled)
+        young = crashed and time.monotonic() - proc.started_at < RESTART_RESET
+        if self._broken is None and not (self._closed and not self._unfinished):
+            self._stats["restarts"] += 1
+            self._restart_later(proc.slot, young)
+        self._dispatch()
+
+    def _restart_later(self, slot: int, young: bool) -> None:
+        if slot in self._restart_timers:
+            return
+        if not young:
+            self._failures[slot] = 0
+            self._spawn(slot)
+            return
+        delay = min(RESTART_MAX_DELAY, RESTART_MIN_DELAY * 2 ** self._failures[slot])
+        self._failures[slot] += 1
+        timer = self._loop.timer(delay)
+        self._restart_timers[slot] = timer
+        timer.start(self._spawn, slot)
+
+    def _settled(self, count: int) -> None:
+        self._unfinished -= count
+        if self._pending_sem is not None:
+            for _ in range(count):
+                self._pending_sem.release()
+        if self._unfinished == 0:
+            self._idle.set()
+            if self._closed:
+                self._close_processes()
+
+    def _abort(self, exc: BaseException) -> None:
+        """Fail every unfinished task with ``exc`` and kill every process."""
+        for task in list(self._queue):
+            if task.future._state == PENDING:
+                self._fail(task, exc)
+                self._settled(1)
+        self._queue.clear()
+        for proc in self._procs:
+            if proc is None:
+                continue
+            for task in list(proc.inflight.values()):
+                if task.future._state == RUNNING:
+                    self._fail(task, exc)
+                    self._settled(1)
+            proc.inflight.clear()
+            proc.kill(str(exc))
+        for timer in self._restart_timers.values():
+            timer.close()
+        self._restart_timers.clear()
+
+    def _close_processes(self) -> None:
+        for proc in self._procs:
+            if proc is not None and proc.accepting:
+                proc.close()
+        for timer in self._restart_timers.values():
+            timer.close()
+        self._restart_timers.clear()
+
+
+# -- Connection.defer ---------------------------------------------------------------------------------
+
+def defer_to_connection(reactor: Any, conn: Any, fn: Callable[..., Any], args: tuple,
+                        kwargs: Dict[str, Any], callback: Optional[Callable[[Any], Any]]) -> Future:
+    """Run ``fn(*args, **kwargs)`` in ``reactor.pool``; deliver the outcome on ``conn``.
+
+    In the connection's greenlet: ``callback(result_or_exception)`` if given,
+    else ``conn.worker_receive(reply)`` with ``reply["type"]`` "response"
+    (``data`` the result) or "error" (``error`` the message, ``exception``,
+    ``traceback``).  Dropped (debug log) if the connection has gone.
+    """
+    future = reactor.pool.submit(fn, *args, **kwargs)
+    receiver = callback if callback is not None else conn.worker_receive
+    future.add_done_callback(functools.partial(
+        _deliver_deferred, reactor, conn.signature, fn, receiver, callback is not None))
+    return future
+
+
+def _deliver_deferred(reactor: Any, signature: int, fn: Callable[..., Any],
+                      receiver: Callable[[Any], Any], raw: bool, future: Future) -> None:
+    try:
+        exc = future.exception(0)
+    except concurrent.futures.CancelledError as cancelled:
+        exc = cancelled
+    if raw:
+        outcome: Any = exc if exc is not None else future.result(0)
+    elif exc is None:
+        outcome = {"type": "response", "data": future.result(0), "function": describe_callable(fn)}
+    else:
+        outcome = {"type": "error", "data": None, "function": describe_callable(fn),
+                   "error": f"{type(exc).__name__}: {exc}", "exception": exc,
+                   "traceback": getattr(exc, "remote_traceback", None)}
+    if not reactor.deliver(signature, receiver, outcome):
+        logger.debug("result of deferred %s dropped: connection %d has gone",
+                     describe_callable(fn), signature)

@@ -1,0 +1,323 @@
+"""One fork-pool process, both sides: the master's handle on it and the child's task loop.
+
+Started with :func:`~packet_gevent.process.spawn_child` and spoken to over a
+:class:`~packet_gevent.channel.Channel` (master, in the hub) /
+:class:`~packet_gevent.channel.BlockingChannel` (child, no hub): one
+mechanism for workers and pool alike.  What the scheduler decides (which
+task goes where, what a death means for each task) lives in :mod:`.pool`;
+this module only moves task groups and outcomes and tells the pool what
+happened.
+
+Messages (tuples; the payloads are :class:`~packet_gevent.tasks.TaskCodec`
+encodings, decoded by the receiver itself so a bad object fails one task,
+never the channel):
+
+* master -> child: ``(RUN, [(task ids, encoded calls), ...])``, ``(SKIP, ids)``
+  (cancelled before they started; the child drops them);
+* child -> master: ``(DONE, encoded outcomes, busy seconds)``,
+  ``(BAD_GROUP, ids, why)`` (send these again one per group),
+  ``(INIT_FAILED, traceback text)`` (then it exits with code 3).
+
+The child runs its queue in arrival order.  Outcomes are batched: they are
+sent when the child has nothing left to run, or when the oldest unsent one
+is :data:`FLUSH_INTERVAL` old, checked between tasks.  At the same moments
+the child reads new input without blocking (new tasks, skips).
+
+Which task is *running*: before each task the child writes its id and
+start time (``time.monotonic``, a system-wide clock) into its slot of a
+shared anonymous mmap (16 bytes, no syscall).  The master reads it when a
+timeout is due, on ``cancel()`` and when the process dies: the task named
+there whose outcome has not arrived is the running one; every other task
+in flight there was only queued.
+"""
+from __future__ import annotations
+
+import collections
+import gc
+import logging
+import mmap
+import select
+import struct
+import time
+import traceback
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+
+from .channel import BlockingChannel, Channel
+from .process import ChildProcess, spawn_child
+from .tasks import ERR, Encoded, GroupDecodeError, Task, TaskCodec, run_call
+
+__all__ = ["PoolProcess", "Markers", "RUN", "SKIP", "DONE", "BAD_GROUP", "INIT_FAILED",
+           "EXIT_INIT_FAILED", "FLUSH_INTERVAL"]
+
+logger = logging.getLogger(__name__)
+
+RUN, SKIP = "run", "skip"
+DONE, BAD_GROUP, INIT_FAILED = "done", "bad_group", "init_failed"
+
+#: Exit status of a pool process whose initializer raised.
+EXIT_INIT_FAILED = 3
+
+#: The child sends its outcomes and looks for new input at least this often
+#: while it works through a queue.  1 ms: tiny tasks still travel in batches
+#: of hundreds (a 256-outcome pickle costs ~12 us), long tasks report at once,
+#: and a crash can lose at most ~1 ms of finished-but-unsent outcomes (those
+#: tasks run again elsewhere).
+FLUSH_INTERVAL = 0.001
+
+_SLOT = struct.Struct("=qd")  # running task id, its start (time.monotonic)
+
+
+class Markers:
+    """The shared page where each child names the task it runs (one slot per process)."""
+
+    def __init__(self, slots: int) -> None:
+        self.map = mmap.mmap(-1, max(mmap.PAGESIZE, _SLOT.size * slots))  # MAP_SHARED|ANON
+
+    def clear(self, slot: int) -> None:
+        _SLOT.pack_into(self.map, slot * _SLOT.size, 0, 0.0)
+
+    def read(self, slot: int) -> Tuple[int, float]:
+        return _SLOT.unpack_from(self.map, slot * _SLOT.size)
+
+    def close(self) -> None:
+        self.map.close()
+
+
+class PoolProcess:
+    """The master's view of one pool process: channel, tasks in flight, how it ended.
+
+    ``inflight`` maps task id -> Task in the order the tasks were sent, which
+    is the order the child runs them.  The pool is called back, in the hub,
+    with ``_on_outcomes(proc, outcomes, busy)``, ``_on_bad_group(proc, ids)``,
+    ``_on_init_failed(proc, text)`` and ``_on_gone(proc)`` (once, when the
+    process has exited and its channel is drained).
+    """
+
+    #: After the channel reached EOF, how long the process gets to exit before SIGKILL.
+    EXIT_WAIT = 1.0
+    #: After the process exited, how long to wait for EOF (outcomes it sent
+    #: before dying are delivered first); only a grandchild holding the socket
+    #: could delay it.
+    EOF_WAIT = 0.5
+
+    def __init__(self, pool: Any, slot: int, markers: Markers, codec: TaskCodec, *,
+                 initializer: Optional[Callable[..., Any]], initargs: tuple,
+                 max_tasks: Optional[int]) -> None:
+        self.pool = pool
+        self.slot = slot
+        self.markers = markers
+        self.codec = codec
+        self.max_tasks = max_tasks
+        self.inflight: Dict[int, Task] = {}
+        self.sent = 0             # tasks ever sent (max_tasks_per_child)
+        self.accepting = True     # False once retiring, killed or closed
+        self.killed_for: Optional[str] = None
+        self.eof = False
+        self.exited = False
+        self.gone = False
+        self.timeout_timer: Any = None
+        self.timeout_due = 0.0
+        self._grace_timer: Any = None
+        markers.clear(slot)
+        self.child: ChildProcess = spawn_child(
+            _child_main, name=f"pool-{slot}",
+            args=(markers.map, slot, initializer, initargs, max_tasks, codec.serializer))
+        self.pid = self.child.pid
+        self.started_at = time.monotonic()
+        self.channel = Channel(self.child.sock)
+        self.channel.start(self._on_message, self._on_close)
+        self.child.on_exit(self._on_exit)
+
+    def __repr__(self) -> str:
+        return (f"<PoolProcess slot={self.slot} pid={self.pid} inflight={len(self.inflight)} "
+                f"{'accepting' if self.accepting else 'closing'}>")
+
+    # -- sending ------------------------------------------------------------------------
+    def send(self, groups: List[Tuple[List[int], Encoded]]) -> None:
+        self.channel.send((RUN, groups))
+
+    def skip(self, ids: List[int]) -> None:
+        if not self.channel.closed:
+            try:
+                self.channel.send((SKIP, ids))
+            except Exception:  # closed under us: its death settles everything
+                logger.debug("pool process %d: cannot send skip", self.pid, exc_info=True)
+
+    def running(self) -> Tuple[Optional[Task], float]:
+        """(the task this process runs now or None, when it started: time.monotonic)."""
+        tid, started = self.markers.read(self.slot)
+        return self.inflight.get(tid), started
+
+    # -- ending ---------------------------------------------------------------------------
+    def kill(self, reason: str) -> None:
+        """SIGKILL the process; it takes no more tasks.  ``_on_gone`` follows."""
+        self.accepting = False
+        if self.killed_for is None:
+            self.killed_for = reason
+        self.child.kill()
+
+    def close(self) -> None:
+        """Ask the process to exit once its queue is done (EOF on its channel)."""
+        self.accepting = False
+        self.channel.close()
+
+    def cancel_timers(self) -> None:
+        for timer in (self.timeout_timer, self._grace_timer):
+            if timer is not None:
+                timer.close()
+        self.timeout_timer = self._grace_timer = None
+
+    # -- events (in the hub) -------------------------------------------------------------
+    def _on_message(self, msg: Tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == DONE:
+            try:
+                outcomes = self.codec.decode_outcomes(msg[1])
+            except Exception:
+                logger.exception("pool process %d sent outcomes the master cannot unpickle; "
+                                 "killing it", self.pid)
+                self.kill("sent an unreadable reply")
+                return
+            self.pool._on_outcomes(self, outcomes, msg[2])
+        elif kind == BAD_GROUP:
+            self.pool._on_bad_group(self, msg[1], msg[2])
+        elif kind == INIT_FAILED:
+            self.accepting = False
+            self.pool._on_init_failed(self, msg[1])
+        else:
+            logger.error("pool process %d sent an unknown message %r", self.pid, kind)
+
+    def _on_close(self, exc: Optional[BaseException]) -> None:
+        self.eof = True
+        self.accepting = False
+        if exc is not None:
+            logger.warning("pool process %d: channel failed (%s); killing it", self.pid, exc)
+            self.child.kill()
+        if self.exited:
+            self._finish()
+        elif self._grace_timer is None:
+            self._arm_grace(self.EXIT_WAIT, self.child.kill)
+
+    def _on_exit(self, _child: ChildProcess) -> None:
+        self.exited = True
+        self.accepting = False
+        if self.eof:
+            self._finish()
+        else:
+            self._arm_grace(self.EOF_WAIT, self._finish)
+
+    def _arm_grace(self, seconds: float, fn: Callable[[], Any]) -> None:
+        if self._grace_timer is not None:
+            self._grace_timer.close()
+        self._grace_timer = self.channel._loop.timer(seconds)
+        self._grace_timer.start(fn)
+
+    def _finish(self) -> None:
+        if self.gone:
+            return
+        if not self.exited:  # EOF, then no exit within EXIT_WAIT: killed, wait for the reaper
+            self.child.kill()
+            self._arm_grace(self.EOF_WAIT, self._finish)
+            return
+        self.gone = True
+        self.cancel_timers()
+        self.channel.close()
+        self.pool._on_gone(self)
+
+
+# -- the child ----------------------------------------------------------------------------------
+
+def _child_main(sock: Any, marker_map: mmap.mmap, slot: int,
+                initializer: Optional[Callable[..., Any]], initargs: tuple,
+                max_tasks: Optional[int], serializer: str) -> int:
+    """A pool process: run tasks in arrival order until EOF (or max_tasks)."""
+    gc.freeze()  # the inherited heap is never collected here: no GC passes over it
+    channel = BlockingChannel(sock)
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException:
+            channel.send((INIT_FAILED, traceback.format_exc()))
+            return EXIT_INIT_FAILED
+    return _TaskLoop(channel, marker_map, slot, max_tasks, TaskCodec(serializer)).run()
+
+
+class _TaskLoop:
+    def __init__(self, channel: BlockingChannel, marker_map: mmap.mmap, slot: int,
+                 max_tasks: Optional[int], codec: TaskCodec) -> None:
+        self.channel = channel
+        self.marker_map = marker_map
+        self.offset = slot * _SLOT.size
+        self.max_tasks = max_tasks or 0
+        self.codec = codec
+        self.queue: Deque[Tuple[int, Callable[..., Any], tuple, Any]] = collections.deque()
+        self.skipped: Set[int] = set()
+        self.outcomes: List[Tuple[int, int, Any]] = []
+        self.busy = 0.0
+        self.done = 0
+        self.poller = select.poll()
+        self.poller.register(channel.fileno(), select.POLLIN)
+
+    def run(self) -> int:
+        queue, outcomes, channel = self.queue, self.outcomes, self.channel
+        pack_into, marker_map, offset = _SLOT.pack_into, self.marker_map, self.offset
+        clock, monotonic = time.perf_counter, time.monotonic
+        deadline = 0.0
+        while True:
+            if self.max_tasks and self.done >= self.max_tasks:
+                self.flush()
+                return 0
+            if not queue:
+                self.flush()
+                try:
+                    self.take(channel.recv_batch())
+                except EOFError:
+                    return 0
+                deadline = clock() + FLUSH_INTERVAL
+                continue
+            start = clock()
+            if start >= deadline:
+                self.flush()
+                if self.poller.poll(0):
+                    try:
+                        self.take(channel.recv_batch())
+                    except EOFError:
+                        return 0
+                deadline = start + FLUSH_INTERVAL
+            tid, fn, args, kwargs = queue.popleft()
+            if tid in self.skipped:
+                self.skipped.discard(tid)
+            else:
+                pack_into(marker_map, offset, tid, monotonic())
+                status, value = run_call(fn, args, kwargs)
+                outcomes.append((tid, status, value))
+                self.busy += clock() - start
+            self.done += 1
+
+    def take(self, messages: List[Tuple[Any, ...]]) -> None:
+        for message in messages:
+            if message[0] == RUN:
+                for ids, encoded in message[1]:
+                    self.take_group(ids, encoded)
+            elif message[0] == SKIP:
+                self.skipped.update(message[1])
+
+    def take_group(self, ids: List[int], encoded: Encoded) -> None:
+        try:
+            calls = self.codec.decode_calls(encoded, len(ids))
+        except GroupDecodeError as exc:
+            self.channel.send((BAD_GROUP, ids, str(exc)))
+            return
+        except Exception as exc:  # one call that cannot be decoded: it fails alone
+            self.outcomes.append((ids[0], ERR, (exc, "")))
+            self.done += 1
+            return
+        self.queue.extend([(tid, fn, args, kwargs) for tid, (fn, args, kwargs) in zip(ids, calls)])
+
+    def flush(self) -> None:
+        outcomes = self.outcomes
+        if outcomes:
+            encoded = self.codec.encode_outcomes(outcomes)
+            self.channel.send((DONE, encoded, self.busy / len(outcomes)))
+            outcomes.clear()
+            self.busy = 0.0
