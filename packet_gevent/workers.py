@@ -364,7 +364,7 @@ class WorkerManager:
         self._fail_waiting(group, f"worker {group.label} was deleted before it took this request")
         for proc in group.procs:
             if proc is not None:
-                self._ask_to_stop(proc, self.reactor.stop_grace)
+                self._ask_to_stop(proc, self.reactor.stop_grace, "deleted by delete_worker")
         logger.info("deleting worker %s", group.label)
 
     def running_workers(self) -> List[Tuple[str, Any]]:
@@ -774,15 +774,20 @@ class WorkerManager:
             timer.close()
         group.restart_timers.clear()
 
-    def _ask_to_stop(self, proc: _Proc, grace: float) -> None:
+    def _ask_to_stop(self, proc: _Proc, grace: float, why: str) -> None:
+        """Send STOP (queued after the requests it has); SIGKILL after ``grace``."""
         proc.stopping = True
         proc.closing = True
+        proc.cause = why
         try:
             proc.channel.send((STOP, None))
-        except Exception:
-            logger.debug("could not send stop to pid %d", proc.pid, exc_info=True)
+        except ChannelClosed:
+            logger.debug("could not send stop to pid %d: its channel is closed", proc.pid)
         if not proc.exited:
-            self._arm(proc, grace, proc.child.kill)
+            def kill() -> None:
+                proc.cause = f"{why}; killed: it had not exited {grace} s later"
+                proc.child.kill()
+            self._arm(proc, grace, kill)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop every worker: ask, wait up to ``timeout``, then kill; answer what is left."""
@@ -792,7 +797,7 @@ class WorkerManager:
             self._fail_waiting(group, f"reactor stopped before worker {group.label} took this request")
         for proc in list(self._procs):
             if not proc.stopping:
-                self._ask_to_stop(proc, max(timeout, 0.0))
+                self._ask_to_stop(proc, max(timeout, 0.0), "stopped with the reactor")
         # Kill timers fire at the deadline; after them the exits come within ms.
         if not self._all_dead.wait(max(timeout, 0.0) + 2.0):
             for proc in list(self._procs):
