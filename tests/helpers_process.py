@@ -104,6 +104,46 @@ def wait_ready(child) -> None:
     assert child.sock.recv(1) == b"r"
 
 
+def write_raw(sock, data):
+    """Write ``data`` as is, then exit: for EOF and corruption tests."""
+    sock.sendall(data)
+    return 0
+
+
+def send_then_exit(sock, objs):
+    BlockingChannel(sock).send_many(objs)
+    return 0
+
+
+def send_unimportable(sock):
+    """Send an object whose class lives in a module only the child has."""
+    import types
+    module = types.ModuleType("only_in_the_child")
+    exec("class Thing:\n    pass\n", module.__dict__)
+    sys.modules[module.__name__] = module
+    channel = BlockingChannel(sock)
+    channel.send(module.Thing())
+    channel.send("after")
+    return 0
+
+
+def report_first_batch(sock):
+    """Reply with how many messages the first read brought."""
+    channel = BlockingChannel(sock)
+    channel.send(len(channel.recv_batch()))
+    return 0
+
+
+class Point:
+    """An importable class, to round-trip instances."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __eq__(self, other):
+        return type(other) is Point and (self.x, self.y) == (other.x, other.y)
+
+
 # -- scenarios -----------------------------------------------------------------------
 
 def scenario_exit_codes() -> None:
