@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import traceback
 from typing import Any, Dict, Optional, Tuple
 
@@ -227,9 +226,8 @@ def run_worker(channel: Any, cls: type, worker_key: Any, options: Dict[str, Any]
     """
     from .reactor import Reactor
 
-    # Ctrl-C in a terminal signals the whole process group: the master decides
-    # what happens to workers (it stops them), so workers ignore SIGINT.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGINT is ignored here (spawn_child's default): Ctrl-C in a terminal
+    # signals the whole process group, and the master decides (it stops us).
     worker = cls()
     worker.worker_options = dict(options)
     worker.worker_key = worker_key
@@ -243,8 +241,10 @@ def run_worker(channel: Any, cls: type, worker_key: Any, options: Dict[str, Any]
         tb = traceback.format_exc()
         try:
             channel.send((INIT_FAILED, tb))
+            channel.flush(timeout=stop_grace)
         except Exception:
             logger.error("%r: worker_init raised:\n%s", worker, tb)
+        reactor.stop(timeout=stop_grace)
         return EXIT_INIT_FAILED
     channel.send((READY, os.getpid()))
     try:

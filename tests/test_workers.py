@@ -312,6 +312,14 @@ def test_no_auto_load_start_worker_with_keys_and_delete_worker(wreactor, caplog)
         wreactor.delete_worker(worker="lazy_worker", worker_key="a")
 
 
+def test_start_worker_can_set_the_pool_size(wreactor):
+    wreactor.start_worker(worker="lazy_worker", worker_key="p", pool_size=2)
+    pids = wreactor.workers.pids("lazy_worker", "p")
+    assert len(set(pids)) == 2
+    reply = ask(wreactor, "lazy_worker", "z", key="p")["data"]
+    assert reply["pid"] in pids and "pool_size" not in reply["options"]
+
+
 def test_start_worker_of_unknown_class_raises(wreactor):
     with pytest.raises(InvalidWorker, match="no worker class named 'nope'"):
         wreactor.start_worker(worker="nope")
@@ -455,7 +463,7 @@ def test_requests_asked_while_the_worker_is_down_wait_for_the_restart(wreactor, 
     assert reply["type"] == "error" and "is down" in reply["error"]
 
 
-def test_without_restart_a_dead_worker_is_gone():
+def test_without_restart_a_dead_worker_is_gone(caplog):
     reactor = Reactor(worker_root=BASIC, restart_workers=False, stop_grace=2.0).start()
     try:
         assert ask(reactor, "echo_worker", ("exit", 2))["type"] == "error"
@@ -463,8 +471,11 @@ def test_without_restart_a_dead_worker_is_gone():
             reactor.ask_worker("echo_worker", data=("echo", 1))
         # worker_init raising: the request sent meanwhile gets the error.
         reactor.start_worker(worker="lazy_worker", worker_key="f", fail_init=True)
-        reply = ask(reactor, "lazy_worker", "x", key="f")
+        with caplog.at_level(logging.ERROR, logger="packet_gevent.workers"):
+            reply = ask(reactor, "lazy_worker", "x", key="f")
         assert reply["type"] == "error" and "exited with code 3" in reply["error"]
+        assert "worker_init raised" in caplog.text and "failed on purpose" in caplog.text
+        assert "not restarted (restart_workers=False)" in caplog.text
     finally:
         reactor.stop(timeout=2.0)
 
