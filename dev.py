@@ -40,7 +40,7 @@ def main(argv: list) -> int:
     ensure_venv()
     cmd, rest = argv[0], argv[1:]
     if cmd == "demo":
-        args = [PYTHON, "-m", "demos.echo_server"] + rest
+        args = [PYTHON, "-m", "demos.eval_server"] + rest
     elif cmd == "test":
         args = [PYTHON, "-m", "pytest"] + rest
     elif cmd == "bench":

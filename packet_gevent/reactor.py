@@ -22,6 +22,7 @@ nothing for them.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import ssl as _ssl
 import threading
@@ -44,6 +45,22 @@ logger = logging.getLogger(__name__)
 
 #: Listen backlog.  Connections beyond ``max_connections`` wait here.
 DEFAULT_BACKLOG = 1024
+
+
+def default_worker_root() -> Optional[str]:
+    """Packet's ``WORKER_ROOT`` setting, used by ``Reactor.run`` without ``worker_root=``.
+
+    Looked up in this order: ``packet_gevent.WORKER_ROOT`` (set it before
+    building the reactor), a ``WORKER_ROOT`` global of the ``__main__`` script
+    (Packet's constant), the ``WORKER_ROOT`` environment variable.
+    """
+    import sys
+    for module_name in ("packet_gevent", "__main__"):
+        module = sys.modules.get(module_name)
+        value = getattr(module, "WORKER_ROOT", None) if module is not None else None
+        if value:
+            return os.fspath(value)
+    return os.environ.get("WORKER_ROOT") or None
 
 
 class _ClassOrInstanceHook:
@@ -328,8 +345,10 @@ class Reactor:
         return self._workers
 
     def ask_worker(self, worker_name: str, data: Any = None, type: str = "request",
-                   worker_key: Any = None, callback: Any = None, **extra: Any) -> Any:
-        """Send a request to a worker from outside any connection (reply to ``callback``)."""
+                   worker_key: Any = None, callback: Any = None, **extra: Any) -> Optional[int]:
+        """Send a request to a worker from outside any connection (reply to ``callback``).
+
+        Returns the request id (None for messages that expect no reply)."""
         return self.workers.ask(None, worker_name, data=data, type=type, worker_key=worker_key,
                                 callback=callback, **extra)
 
@@ -455,6 +474,8 @@ class Reactor:
         SIGINT and SIGTERM (in the main thread) stop the reactor gracefully;
         ``run`` then returns the stopped reactor.
         """
+        if "worker_root" not in options:
+            options["worker_root"] = default_worker_root()
         reactor = cls(**options)
         if setup is not None:
             setup(reactor)

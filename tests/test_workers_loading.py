@@ -131,3 +131,31 @@ def test_worker_and_proxy_names_are_exported_lazily():
     import packet_gevent
     assert packet_gevent.Worker is Worker
     assert packet_gevent.MetaPimp is MetaPimp and packet_gevent.Callback is Callback
+
+
+def test_worker_root_setting_for_packet_users_via_reactor_run(tmp_path):
+    """Packet's WORKER_ROOT: a global of the main script (or the environment) is honoured by Reactor.run."""
+    from tests.conftest import run_script
+    workers = tmp_path / "worker"
+    workers.mkdir()
+    (workers / "ping_worker.py").write_text(
+        "from packet_gevent import Worker\n"
+        "class PingWorker(Worker):\n"
+        "    worker_name = 'ping_worker'\n"
+        "    def receive_data(self, request):\n"
+        "        self.reply(request, 'pong')\n")
+    code = f"""
+        import gevent
+        from packet_gevent import Reactor
+        WORKER_ROOT = {str(workers)!r}
+        replies = []
+        def setup(r):
+            def ask():
+                r.ask_worker("ping_worker", data="ping", callback=lambda reply: (replies.append(reply["data"]), r.stop()))
+            r.next_turn(ask)
+        Reactor.run(setup)
+        print("replies", replies)
+    """
+    result = run_script(code, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "replies ['pong']" in result.stdout
