@@ -75,6 +75,7 @@ import gevent.queue
 
 from .errors import (PoolBroken, PoolClosed, SerializationError, TaskTimeout, WorkerCrashed)
 from .futures import Future, TaskResult
+from . import pool_process
 from .pool_process import Markers, PoolProcess
 from .tasks import (ERR, OK, Task, TaskCodec, call_chunk, describe_callable, rebuild_exception)
 
@@ -297,7 +298,7 @@ class ForkPool(concurrent.futures.Executor):
         gevent's ThreadPool does in its own threads.
         """
         args = () if args is None else tuple(args)
-        if os.getpid() != self._pid:
+        if pool_process.in_pool_process:
             return fn(*args, **(kwds or {}))
         return self.schedule(fn, args, kwds, timeout=timeout).result()
 
@@ -373,7 +374,7 @@ class ForkPool(concurrent.futures.Executor):
                 "cannot submit: the pool was shut down; create a new ForkPool")
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
-        if os.getpid() != self._pid:
+        if pool_process.in_pool_process:
             raise RuntimeError(
                 "this ForkPool belongs to the process that created it; a task running in a "
                 "pool process cannot submit to it (use apply(), which runs the call inline there)")
@@ -549,7 +550,7 @@ class ForkPool(concurrent.futures.Executor):
         for tid in ids:
             task = proc.inflight.pop(tid, None)
             if task is not None and task.future._state == RUNNING:
-                task.future._state = PENDING
+                task.future._requeue()
                 task.alone = True
                 requeue.append(task)
         proc.sent -= len(ids)
@@ -659,7 +660,7 @@ class ForkPool(concurrent.futures.Executor):
                     f"queued on them; the last one"))
                 settled += 1
             else:
-                task.future._state = PENDING
+                task.future._requeue()
                 requeue.append(task)
         proc.inflight.clear()
         self._queue.extendleft(reversed(requeue))

@@ -66,6 +66,10 @@ FLUSH_INTERVAL = 0.001
 
 _SLOT = struct.Struct("=qd")  # running task id, its start (time.monotonic)
 
+#: True in a pool process (set by its main function): a pool inherited
+#: through the fork must not be used there.
+in_pool_process = False
+
 
 class Markers:
     """The shared page where each child names the task it runs (one slot per process)."""
@@ -231,6 +235,8 @@ def _child_main(sock: Any, marker_map: mmap.mmap, slot: int,
                 initializer: Optional[Callable[..., Any]], initargs: tuple,
                 max_tasks: Optional[int], serializer: str) -> int:
     """A pool process: run tasks in arrival order until EOF (or max_tasks)."""
+    global in_pool_process
+    in_pool_process = True
     gc.freeze()  # the inherited heap is never collected here: no GC passes over it
     channel = BlockingChannel(sock)
     if initializer is not None:
