@@ -72,6 +72,7 @@ def test_round_trip_of_objects(echo):
         [[[big]]],                                # depth 3: in band, same result
         bytearray(b"ba") * BIG,                   # in band
         pickle.PickleBuffer(bytearray(BIG)),      # protocol-5 buffer, out of band
+        pickle.PickleBuffer(bytearray(b"small")),  # small ones too
     ]
     for obj in objects:
         echo.send(obj)
