@@ -76,6 +76,7 @@ import traceback
 from typing import Callable, Dict, Iterable, List, Optional, Set
 
 import _signal
+import _socket
 import _thread
 import greenlet
 import gevent
@@ -98,7 +99,6 @@ _dup2 = posix.dup2
 _waitpid = posix.waitpid
 _kill = posix.kill
 _StdSocket = get_original("socket", "socket")
-_socketpair = get_original("socket", "socketpair")
 
 #: Poll period of the fallback reaper used when pidfd_open is unavailable.
 #: 5 ms keeps "death noticed within a few ms" at ~0.1% of a core per child.
@@ -354,8 +354,10 @@ def spawn_child(target: Callable[..., Optional[int]], *, name: str = "", args: t
         raise RuntimeError(
             "spawn_child must be called from the main thread: the child's parent-death "
             "signal fires when the forking thread exits")
-    # The stdlib's socketpair even under patch_all: plain sockets, close-on-exec.
-    parent_sock, child_end = _socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    # The C socketpair (close-on-exec) and the stdlib socket class, also under
+    # patch_all (where socket.socketpair would hand out gevent sockets).
+    parent_end, child_end = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    parent_sock = _StdSocket(fileno=parent_end.detach())
     child_fd = child_end.detach()
     keep = frozenset(keep_fds)
     parent_pid = os.getpid()

@@ -173,6 +173,7 @@ def scenario_exit_codes() -> None:
         assert_reaped(child.pid)
 
     child = spawn_child(wait_for_eof)
+    assert type(child.sock).__module__ == "socket"  # never gevent's class, even patched
     child.kill()
     wait_child(child)
     assert (child.exitcode, child.signal) == (None, signal.SIGKILL)
@@ -213,6 +214,21 @@ def scenario_wait_is_cooperative() -> None:
     gevent.spawn(ticker)
     wait_child(child)
     assert len(ticks) == 20 and child.exitcode == 0
+
+
+def scenario_child_gets_a_working_threadpool() -> None:
+    """The parent's threadpool threads did not survive the fork; the child's hub starts its own."""
+    hub = gevent.get_hub()
+    assert hub.threadpool.apply(os.getpid) == os.getpid()  # parent threads exist now
+
+    def target(sock):
+        child_hub = gevent.get_hub()
+        assert child_hub is not hub
+        return 0 if child_hub.threadpool.apply(os.getpid) == os.getpid() else 9
+
+    child = spawn_child(target)
+    wait_child(child)
+    assert child.exitcode == 0
 
 
 def scenario_no_zombies() -> None:
@@ -365,6 +381,7 @@ def run_all_scenarios(tmpdir: str) -> None:
     scenario_exit_codes()
     scenario_wait_is_cooperative()
     scenario_no_zombies()
+    scenario_child_gets_a_working_threadpool()
     scenario_parent_greenlets_never_run_in_child(os.path.join(tmpdir, "marker"))
     scenario_server_not_inherited()
     scenario_siblings()

@@ -11,7 +11,6 @@ import threading
 import time
 
 import gevent
-import pytest
 
 from packet_gevent import process
 from packet_gevent.process import live_children, spawn_child
@@ -45,6 +44,10 @@ def test_wait_timeout_returns_false_and_child_keeps_running():
     child.sock.close()
     h.wait_child(child)
     assert child.exitcode == 0 and not child.alive
+
+
+def test_child_gets_its_own_working_threadpool():
+    h.scenario_child_gets_a_working_threadpool()
 
 
 def test_no_zombies_after_exits():
