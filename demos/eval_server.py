@@ -33,6 +33,8 @@ class EvalServer(Connection):
 
     def post_init(self) -> None:
         self.buffer = b""
+        self.too_long = False
+        self.waiting = 0
 
     def wow(self) -> None:
         """Packet's per-instance block: runs for every new client, before connection_completed."""
@@ -40,26 +42,41 @@ class EvalServer(Connection):
         self.send_data(f"wow: you are client {self.number}; send arithmetic, one per line\n".encode())
 
     def receive_data(self, data: bytes) -> None:
+        if self.too_long:
+            return  # closing: ignore what follows an oversized line
         self.buffer += data
         *lines, self.buffer = self.buffer.split(b"\n")
-        if len(self.buffer) > MAX_LINE:
+        if len(self.buffer) > MAX_LINE or any(len(line) > MAX_LINE for line in lines):
+            # A client that sends an endless line is not talking our protocol:
+            # answer the lines before it, say why, and close.
+            cut = next((i for i, line in enumerate(lines) if len(line) > MAX_LINE), len(lines))
+            lines = lines[:cut]
             self.buffer = b""
-            self.send_data(f"error: line longer than {MAX_LINE} bytes\n".encode())
+            self.too_long = True
         for line in lines:
             text = line.decode("utf-8", "replace").strip()
             if not text:
                 continue
             try:
                 self.ask_worker("eval_worker", data=text, type="request")
+                self.waiting += 1
             except InvalidWorker as exc:
                 self.send_data(f"error: {exc}\n".encode())
+        self._close_if_too_long()
+
+    def _close_if_too_long(self) -> None:
+        if self.too_long and not self.waiting:
+            self.send_data(f"error: line longer than {MAX_LINE} bytes; closing\n".encode())
+            self.close_connection_after_writing()
 
     def worker_receive(self, reply: Dict[str, Any]) -> None:
+        self.waiting -= 1
         if reply.get("type") == "error":
             message = str(reply.get("error", "unknown error")).replace("\n", " ")
             self.send_data(f"error: {message}\n".encode())
         else:
             self.send_data(f"= {reply['data']}\n".encode())
+        self._close_if_too_long()
 
 
 def main(argv: Optional[list] = None) -> int:

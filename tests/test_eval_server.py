@@ -157,3 +157,24 @@ def test_signal_stops_server_and_workers_cleanly(eval_server, signum):
         client.close()
     wait_until(lambda: all(gone(pid) for pid in workers), 2, "the workers to exit")
     assert b"Traceback" not in proc.stderr.read()
+
+
+def test_oversized_line_gets_an_error_and_only_that_connection_closes():
+    from tests.test_demos import start_demo
+    import socket
+    proc, host, port = start_demo("demos.eval_server", "--log-level", "WARNING")
+    try:
+        bad = socket.create_connection((host, port), timeout=10)
+        good = socket.create_connection((host, port), timeout=10)
+        bad_file, good_file = bad.makefile("rb"), good.makefile("rb")
+        assert bad_file.readline().startswith(b"wow")
+        assert good_file.readline().startswith(b"wow")
+        bad.sendall(b"1+1\n" + b"9" * 10000)  # a line that never ends
+        assert bad_file.readline() == b"= 2\n"  # what it asked before is answered
+        assert b"longer than" in bad_file.readline()
+        assert bad_file.readline() == b""  # then closed
+        good.sendall(b"6*7\n")
+        assert good_file.readline() == b"= 42\n"
+    finally:
+        proc.terminate()
+        proc.wait(10)
