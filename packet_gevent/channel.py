@@ -79,7 +79,8 @@ logger = logging.getLogger(__name__)
 #: benchmarked payload (16 MiB).  Raise it on both ends for bigger messages.
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 
-#: ``bytes`` objects and pickle buffers at least this big travel out of band.
+#: ``bytes`` objects at least this big travel out of band (protocol-5 pickle
+#: buffers always do: they are rare and mostly big, numpy arrays).
 #: Below it, the copy into and out of the pickle costs less than an extra
 #: frame and allocation (64 KiB copies in ~10 us here).
 OOB_THRESHOLD = 64 * 1024
@@ -137,10 +138,9 @@ class _Collector:
         self.buffers.append(buf)
         return len(self.buffers) - 1
 
-    def buffer(self, buf: pickle.PickleBuffer, always: bool = False) -> bool:
+    def buffer(self, buf: pickle.PickleBuffer) -> bool:
+        """buffer_callback: every protocol-5 buffer goes out of band (returns False)."""
         raw = buf.raw()
-        if raw.nbytes < OOB_THRESHOLD and not always:
-            return True  # in band
         if raw.readonly:
             self.add(b"r", raw)
         else:
@@ -207,7 +207,7 @@ class _Encoder:
                 if pickle_buffers:
                     collector = _Collector()
                     for buf in pickle_buffers:
-                        collector.buffer(buf, always=True)
+                        collector.buffer(buf)
         except Exception as exc:
             raise SerializationError(
                 f"cannot pickle {type(obj).__name__} object for the other process: "
