@@ -9,9 +9,10 @@ In the child, before ``target(sock, *args)`` runs (fork-under-gevent.md):
 
 * it dies with the parent: ``PR_SET_PDEATHSIG=SIGKILL`` plus a ``getppid()``
   check right after (trap 5);
-* signal dispositions go back to the default (those the parent ignored stay
-  ignored; SIGINT is ignored unless ``ignore_sigint=False``, so Ctrl-C in a
-  terminal reaches the master, which decides; trap 8);
+* signals the parent handled (Python handlers, gevent/libev watchers) go
+  back to the default disposition; ignored ones stay ignored; SIGINT is
+  ignored unless ``ignore_sigint=False``, so Ctrl-C in a terminal reaches
+  only the master, which decides (trap 8);
 * the parent's hub is abandoned, never run again: its libev loop is destroyed
   and ``get_hub()`` builds a fresh one, so no greenlet, timer, watcher or accept
   loop of the parent ever runs in the child (trap 1, gipc's approach).  Unlike
@@ -459,7 +460,7 @@ def _clean_gevent_world(ignore_sigint: bool, own_fd: int, keep: frozenset) -> bo
     global _libev_sigchld_in_parent
     owned = _gevent_owned_signals(range(1, _signal.NSIG))
     _libev_sigchld_in_parent = _signal.SIGCHLD in owned
-    _reset_signals(ignore_sigint)
+    _reset_signals(owned, ignore_sigint)
     siblings = list(_LIVE.values())
     _LIVE.clear()
     hub = get_hub_if_exists()
@@ -473,18 +474,22 @@ def _clean_gevent_world(ignore_sigint: bool, own_fd: int, keep: frozenset) -> bo
 _libev_sigchld_in_parent = False
 
 
-def _reset_signals(ignore_sigint: bool) -> None:
+def _reset_signals(owned_by_gevent: Set[int], ignore_sigint: bool) -> None:
+    """Default disposition for the signals the parent handled in Python or libev.
+
+    Ignored signals stay ignored (SIGPIPE, nohup's SIGHUP); C handlers of other
+    libraries (faulthandler's) stay: they are valid code in the child too.
+    """
     for signum in range(1, _signal.NSIG):
         if signum in (_signal.SIGKILL, _signal.SIGSTOP):
             continue
         try:
-            if _signal.getsignal(signum) == _signal.SIG_IGN:
-                continue  # what the parent ignored (SIGPIPE, nohup's SIGHUP) stays ignored
-            _signal.signal(signum, _signal.SIG_DFL)
+            if signum in owned_by_gevent or callable(_signal.getsignal(signum)):
+                _signal.signal(signum, _signal.SIG_DFL)
         except (OSError, ValueError, RuntimeError):  # reserved real-time signals
             pass
-    if ignore_sigint:
-        _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    # Ctrl-C reaches the whole process group: by default the master decides.
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN if ignore_sigint else _signal.SIG_DFL)
 
 
 def _abandon_hub(hub, stop_stale_watchers: bool) -> None:

@@ -125,6 +125,22 @@ def test_sigint_is_ignored_by_children_unless_asked():
         assert (child.exitcode, child.signal) == expected
 
 
+def test_python_signal_handlers_reset_and_ignored_signals_kept():
+    ran = []
+    old_usr2 = signal.signal(signal.SIGUSR2, lambda *a: ran.append(os.getpid()))
+    old_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        child = spawn_child(h.ready_then_wait_for_eof)
+        h.wait_ready(child)
+        os.kill(child.pid, signal.SIGHUP)   # still ignored: the child lives on
+        os.kill(child.pid, signal.SIGUSR2)  # default action now: it dies of it
+        h.wait_child(child)
+    finally:
+        signal.signal(signal.SIGUSR2, old_usr2)
+        signal.signal(signal.SIGHUP, old_hup)
+    assert child.signal == signal.SIGUSR2 and ran == []
+
+
 def test_polling_reaper_when_pidfd_is_unavailable(monkeypatch):
     monkeypatch.setattr(process, "_use_pidfd", False)
     child = spawn_child(lambda sock: 3)
