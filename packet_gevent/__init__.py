@@ -11,9 +11,9 @@ from typing import Any
 
 from .codec import Codec, JsonCodec
 from .connection import Connection
-from .errors import (CodecError, ConnectionLimitReached, FrameError, IdleTimeout, InvalidWorker, OutboundOverflow,
-                     PacketError, PoolClosed, SerializationError, WorkerCrashed, WorkerError,
-                     WorkerLoadError)
+from .errors import (ChannelClosed, CodecError, FrameError, IdleTimeout, InvalidWorker,
+                     OutboundOverflow, PacketError, PoolBroken, PoolClosed, SerializationError,
+                     TaskTimeout, WorkerCrashed, WorkerError, WorkerLoadError)
 from .framing import BinParser, FrameDecoder, encode_frame
 from .reactor import Reactor
 from .server import Server
@@ -27,15 +27,20 @@ _LAZY = {
     "MetaPimp": "workers",
     "Callback": "workers",
     "ForkPool": "pool",
+    "spawn_child": "process",
+    "ChildProcess": "process",
+    "Channel": "channel",
+    "BlockingChannel": "channel",
 }
 
 __all__ = [
     "Reactor", "Connection", "Server", "Timer",
     "BinParser", "FrameDecoder", "encode_frame", "Codec", "JsonCodec",
     "Worker", "Pimp", "MetaPimp", "Callback", "ForkPool",
+    "spawn_child", "ChildProcess", "Channel", "BlockingChannel",
     "PacketError", "FrameError", "CodecError", "InvalidWorker", "WorkerLoadError",
-    "WorkerCrashed", "WorkerError", "SerializationError", "PoolClosed", "IdleTimeout",
-    "ConnectionLimitReached", "OutboundOverflow",
+    "WorkerCrashed", "WorkerError", "SerializationError", "PoolClosed", "PoolBroken", "TaskTimeout",
+    "IdleTimeout", "OutboundOverflow", "ChannelClosed",
 ]
 
 

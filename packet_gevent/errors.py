@@ -19,7 +19,6 @@ __all__ = [
     "SerializationError",
     "PoolClosed",
     "IdleTimeout",
-    "ConnectionLimitReached",
     "OutboundOverflow",
     "ChannelClosed",
     "TaskTimeout",
@@ -87,10 +86,6 @@ class PoolClosed(PacketError, RuntimeError):
 
 class IdleTimeout(PacketError, TimeoutError):
     """A connection received nothing for longer than its ``idle_timeout``."""
-
-
-class ConnectionLimitReached(PacketError):
-    """A server refused a connection because it already has ``max_connections``."""
 
 
 class OutboundOverflow(PacketError):
