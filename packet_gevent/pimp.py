@@ -1,8 +1,8 @@
 """Master-side worker proxies (Packet's "pimps"): route what a worker sends, and Callback.
 
 Every running worker has one proxy in the master.  Each dict the worker sends
-goes to ``proxy.receive_data(obj)``, called in order, in a greenlet (never in
-the hub, so a proxy may block cooperatively).  The default, :class:`MetaPimp`,
+goes to ``proxy.receive_data(obj)``, called in order, in the proxy's own
+long-lived greenlet (never in the hub, so a proxy may block cooperatively).  The default, :class:`MetaPimp`,
 routes by ``obj["type"]``:
 
 ==============  ============================================================
@@ -40,7 +40,9 @@ class Callback:
 
     ``ask_worker(..., callback=Callback(fn))`` (or any callable) calls
     ``fn(reply)`` instead of ``worker_receive``: in the asking connection's
-    greenlet when asked from a connection, else in a greenlet of its own.
+    greenlet when asked from a connection, else in the worker manager's one
+    reply-callback greenlet, in reply order (a callback that blocks delays
+    the callbacks after it, as a connection's callbacks do).
     """
 
     __slots__ = ("fn", "signature")

@@ -14,7 +14,9 @@ starts, forks every worker that is not ``no_auto_load``.  The
   pending; a connection's requests stay on one process while any is pending,
   so its replies keep their order);
 * hands each dict a worker sends to the worker's proxy (:mod:`.pimp`), in
-  order, in a greenlet: the hub never runs user code and never blocks;
+  order, in the proxy's long-lived greenlet (:mod:`.runner`); reply
+  callbacks of requests asked without a connection run in one more such
+  greenlet: the hub never runs user code and never blocks;
 * answers every request exactly once: the first ``response``/``error`` reply
   with its ``request_id`` settles it, later ones are dropped (debug log);
   when a worker process dies (uncaught exception, ``os._exit``, a signal)
@@ -58,6 +60,7 @@ import gevent.event
 from .errors import (ChannelClosed, FrameError, InvalidWorker, SerializationError, WorkerCrashed,
                      WorkerError, WorkerLoadError)
 from .pimp import Callback, MetaPimp, Pimp, find_pimp_class
+from .runner import SerialRunner
 from .worker import INIT_FAILED, LOG, MSG, READY, ROUTING_KEYS, STOP, Worker, error_reply, run_worker
 
 __all__ = ["WorkerManager", "Worker", "Pimp", "MetaPimp", "Callback", "load_worker_root",
@@ -227,7 +230,7 @@ class _Group:
         self.restart_timers: Dict[int, Any] = {}
         self.waiting: Deque[_Request] = collections.deque()
         self.pimp: Pimp = None  # type: ignore[assignment]
-        self.serial = _Serial()
+        self.serial = SerialRunner("worker proxy call")
         self.deleted = False
 
     @property
@@ -236,40 +239,6 @@ class _Group:
 
     def live(self) -> List[_Proc]:
         return [proc for proc in self.procs if proc is not None and not proc.closing]
-
-
-class _Serial:
-    """Runs posted calls one at a time, in order, in a greenlet (never in the hub)."""
-
-    __slots__ = ("queue", "running")
-
-    def __init__(self) -> None:
-        self.queue: Deque[Tuple[Callable[..., Any], tuple]] = collections.deque()
-        self.running = False
-
-    def post(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.queue.append((fn, args))
-        if not self.running:
-            self.running = True
-            gevent.spawn_raw(self._run)
-
-    def _run(self) -> None:
-        try:
-            while self.queue:
-                fn, args = self.queue.popleft()
-                try:
-                    fn(*args)
-                except Exception:
-                    logger.exception("worker proxy call %r raised", fn)
-        finally:
-            self.running = False
-
-
-def _call_logged(fn: Callable[..., Any], *args: Any) -> None:
-    try:
-        fn(*args)
-    except Exception:
-        logger.exception("worker reply callback %r raised", fn)
 
 
 # ----------------------------------------------------------------- manager
@@ -295,6 +264,8 @@ class WorkerManager:
         self._all_dead.set()
         self._stopping = False
         self._loaded = False
+        # Reply callbacks of requests asked without a connection, in reply order.
+        self._callbacks = SerialRunner("worker reply callback")
 
     # ---------------------------------------------------------- loading
     def load(self) -> Dict[str, type]:
@@ -487,6 +458,10 @@ class WorkerManager:
         return group
 
     def _pick(self, group: _Group, conn_sig: Optional[int]) -> Optional[_Proc]:
+        procs = group.procs
+        if len(procs) == 1:
+            proc = procs[0]
+            return None if proc is None or proc.closing else proc
         live = group.live()
         if not live:
             return None
@@ -554,7 +529,7 @@ class WorkerManager:
             if request.conn_sig is not None and self.reactor.deliver(request.conn_sig,
                                                                     request.callback, reply):
                 return True
-            gevent.spawn_raw(_call_logged, request.callback, reply)
+            self._callbacks.post(request.callback, reply)
             return True
         if request.asker is not None:
             return self._to_worker(request, reply)

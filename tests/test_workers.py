@@ -181,6 +181,21 @@ def test_callback_gets_the_reply_instead_of_worker_receive(wreactor):
     assert isinstance(reply["callback_signature"], int)
 
 
+def test_callbacks_without_a_connection_run_in_reply_order_outside_the_hub(wreactor):
+    seen = []
+    done = gevent.event.Event()
+
+    def got(reply):
+        seen.append((reply["data"], greenlet.getcurrent()))
+        if len(seen) == 50:
+            done.set()
+    for i in range(50):
+        wreactor.ask_worker("echo_worker", data=("echo", i), callback=got)
+    assert done.wait(10)
+    assert [data for data, _ in seen] == list(range(50))
+    assert all(glet is not gevent.get_hub() for _, glet in seen)
+
+
 def test_callback_from_a_connection_runs_in_its_greenlet(wreactor):
     seen = gevent.event.AsyncResult()
 
