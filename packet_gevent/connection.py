@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Optional, Type
 from .codec import ObjectDecoder, encode_object, get_codec
 from .errors import FrameError, CodecError
 from .framing import DEFAULT_MAX_FRAME_SIZE
-from .timers import Timer
+from .timers import Timer, TimerMethods
 from .transport import OPEN, Transport
 
 __all__ = ["Connection", "as_connection_class"]
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 _signatures = itertools.count(1)
 
 
-class Connection:
+class Connection(TimerMethods):
     """Base class for connection handlers.  Override the callbacks you need."""
 
     #: Codec for ``send_object`` / ``receive_object`` ("json" by default; never pickle).
@@ -198,16 +198,7 @@ class Connection:
 
     set_comm_inactivity_timeout = set_idle_timeout
 
-    # Timers run in this connection's greenlet, in order with its callbacks.
-    def add_timer(self, seconds: float, fn: Callable[..., Any], *args: Any) -> Timer:
-        return self._timer(seconds, fn, args, periodic=False)
-
-    def add_periodic_timer(self, seconds: float, fn: Callable[..., Any], *args: Any) -> Timer:
-        return self._timer(seconds, fn, args, periodic=True)
-
-    def cancel_timer(self, timer: Timer) -> None:
-        timer.cancel()
-
+    # Timers (TimerMethods) run in this connection's greenlet, in order with its callbacks.
     def next_turn(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` once, on the next loop iteration, in this connection's greenlet."""
         transport = self._transport

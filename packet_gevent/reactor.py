@@ -36,7 +36,7 @@ import gevent.socket
 from .connection import Connection, as_connection_class
 from .errors import PacketError
 from .server import Server, listener_for
-from .timers import Timer
+from .timers import Timer, TimerMethods
 from .transport import CLOSED, OPEN, raw_socket_from
 
 __all__ = ["Reactor"]
@@ -88,7 +88,7 @@ class _ClassOrInstanceHook:
         return register_for_instance
 
 
-class Reactor:
+class Reactor(TimerMethods):
     """An event reactor: the registry of servers, connections, timers and workers."""
 
     _class_after_connection: List[Any] = []
@@ -301,18 +301,8 @@ class Reactor:
             return False
         return conn._transport.post(fn, args)
 
-    # -------------------------------------------------------------- timers
-    def add_timer(self, seconds: float, fn: Callable[..., Any], *args: Any) -> Timer:
-        """Call ``fn(*args)`` once after ``seconds``, in a greenlet of its own."""
-        return self._timer(seconds, fn, args, periodic=False)
-
-    def add_periodic_timer(self, seconds: float, fn: Callable[..., Any], *args: Any) -> Timer:
-        """Call ``fn(*args)`` every ``seconds`` (no drift; a tick is skipped while one still runs)."""
-        return self._timer(seconds, fn, args, periodic=True)
-
-    def cancel_timer(self, timer: Timer) -> None:
-        timer.cancel()
-
+    # ---------------------------------------------- timers (TimerMethods)
+    # Reactor timers run each callback in a greenlet of its own.
     def next_turn(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` once, on the next loop iteration, in a greenlet of its own."""
         self.hub.loop.run_callback(self._dispatch, fn, args)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Optional
 
-__all__ = ["Timer"]
+__all__ = ["Timer", "TimerMethods"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,3 +89,22 @@ class Timer:
         kind = "periodic" if self.periodic else "one-shot"
         state = "active" if self.active else "done"
         return f"<Timer {kind} {self.interval}s {state} fn={self._fn!r}>"
+
+
+class TimerMethods:
+    """``add_timer`` / ``add_periodic_timer`` / ``cancel_timer`` for a class
+    that defines ``_timer(seconds, fn, args, periodic=...)`` (where callbacks run)."""
+
+    def add_timer(self, seconds: float, fn: Callable[..., Any], *args: Any) -> Timer:
+        """Call ``fn(*args)`` once after ``seconds``."""
+        return self._timer(seconds, fn, args, periodic=False)
+
+    def add_periodic_timer(self, seconds: float, fn: Callable[..., Any], *args: Any) -> Timer:
+        """Call ``fn(*args)`` every ``seconds`` (no drift; a tick is skipped while one still runs)."""
+        return self._timer(seconds, fn, args, periodic=True)
+
+    def cancel_timer(self, timer: Timer) -> None:
+        timer.cancel()
+
+    def _timer(self, seconds: float, fn: Callable[..., Any], args: tuple, *, periodic: bool) -> Timer:
+        raise NotImplementedError
