@@ -631,8 +631,14 @@ class Channel:
                 return True
             if frames:
                 inbound.take(frames, self._inbox)
-            if n < READ_SIZE and decoder.payload_buffer_remaining() is None:
-                return False  # a short read drained the socket: skip the EAGAIN syscall
+            if n < READ_SIZE:
+                # A short read drained the socket: skip the EAGAIN syscall, and
+                # hand over what was decoded (the peer may be writing more
+                # already) unless a big payload is mid-way: read it on.
+                rest = decoder.payload_buffer_remaining()
+                if rest is None or len(rest) < DIRECT_RECV_MIN:
+                    return False
+                del rest
             budget -= n
         return False
 
