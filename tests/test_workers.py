@@ -280,6 +280,21 @@ def test_a_message_the_master_cannot_read_replaces_the_worker(wreactor):
     assert ask(wreactor, "echo_worker", ("echo", 1))["data"] == 1
 
 
+def test_a_request_the_worker_cannot_read_ends_it_with_exit_code_1(wreactor):
+    pid = wreactor.workers.pids("echo_worker")[0]
+    # Defined after the fork: the worker cannot unpickle an instance of it.
+    late = type("DefinedAfterTheFork", (), {"__module__": __name__})
+    globals()["DefinedAfterTheFork"] = late
+    try:
+        reply = ask(wreactor, "echo_worker", ("echo", late()))
+    finally:
+        del globals()["DefinedAfterTheFork"]
+    assert reply["type"] == "error"
+    assert reply["error"] == f"worker echo_worker (pid {pid}) exited with code 1"
+    wait_for(lambda: wreactor.workers.pids("echo_worker") not in ([], [pid]), message="the restart")
+    assert ask(wreactor, "echo_worker", ("echo", 1))["data"] == 1
+
+
 def test_untracked_messages_get_no_request_id_and_replies_route_by_signature(wreactor):
     got = gevent.event.AsyncResult()
 
