@@ -36,6 +36,7 @@ import collections
 import gc
 import logging
 import mmap
+import pickle
 import select
 import struct
 import time
@@ -69,6 +70,19 @@ _SLOT = struct.Struct("=qd")  # running task id, its start (time.monotonic)
 #: True in a pool process (set by its main function): a pool inherited
 #: through the fork must not be used there.
 in_pool_process = False
+
+
+def wire(encoded: Encoded) -> Encoded:
+    """``encoded`` ready for the channel: big ``bytes`` wrapped as PickleBuffers.
+
+    The channel sends every protocol-5 buffer out of band at any depth, but
+    finds big ``bytes`` only near the top of a message; ours sit deeper.
+    The receiver gets each one back as the ``bytes`` frame itself.
+    """
+    data, bigs, buffers = encoded
+    if bigs:
+        return data, [pickle.PickleBuffer(big) for big in bigs], buffers
+    return encoded
 
 
 class Markers:
@@ -138,7 +152,7 @@ class PoolProcess:
 
     # -- sending ------------------------------------------------------------------------
     def send(self, groups: List[Tuple[List[int], Encoded]]) -> None:
-        self.channel.send((RUN, groups))
+        self.channel.send((RUN, [(ids, wire(encoded)) for ids, encoded in groups]))
 
     def skip(self, ids: List[int]) -> None:
         if not self.channel.closed:
@@ -324,6 +338,6 @@ class _TaskLoop:
         outcomes = self.outcomes
         if outcomes:
             encoded = self.codec.encode_outcomes(outcomes)
-            self.channel.send((DONE, encoded, self.busy / len(outcomes)))
+            self.channel.send((DONE, wire(encoded), self.busy / len(outcomes)))
             outcomes.clear()
             self.busy = 0.0
