@@ -374,8 +374,8 @@ class WorkerManager:
         cb: Optional[Callback] = None
         if callback is not None:
             cb = callback if isinstance(callback, Callback) else Callback(callback)
-        message = dict(extra)
-        message.update(type=type, data=data, worker=worker_name, worker_key=worker_key)
+        message = {**extra, "type": type, "data": data, "worker": worker_name,
+                   "worker_key": worker_key}
         conn_sig = None
         if conn is not None:
             conn_sig = message["client_signature"] = conn.signature
