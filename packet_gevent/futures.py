@@ -69,7 +69,6 @@ class Future(concurrent.futures.Future):
 
     _gevent_event: Optional[gevent.event.Event] = None
     _links: Optional[List[Callable[[Any], Any]]] = None
-    _task: Any = None
     _cond: Optional[threading.Condition] = None      # the stdlib's, made on first use
     _waiter_list: Optional[list] = None
     _callbacks: Optional[List[Callable[[Any], Any]]] = None

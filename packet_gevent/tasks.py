@@ -55,25 +55,26 @@ _PLAIN = frozenset((int, float, str, bytes, bool, type(None), complex))
 class Task:
     """One call submitted to a pool, and the bookkeeping its scheduler keeps.
 
-    ``id`` is unique per pool; ``future`` receives the outcome; ``timeout``
-    is its running-time limit in seconds (None: none); ``tries`` counts the
-    processes that died while it was queued there; ``alone`` asks for it to
-    be sent in a group of its own (its group once failed to decode).
+    ``id`` is unique per pool; ``timeout`` is its running-time limit in
+    seconds (None: none); ``tries`` counts the processes that died while it
+    was queued there; ``alone`` asks for it to be sent in a group of its own
+    (its group once failed to decode); ``where`` is the scheduler's note of
+    where it was sent.  A mixin without slots: the fork pool makes each
+    task and its future one object (one GC-tracked object per task; with
+    20,000 tasks in flight every extra one lengthens the garbage
+    collector's full passes, which stall the hub).
     """
 
-    __slots__ = ("id", "fn", "args", "kwargs", "future", "timeout", "tries", "alone", "where")
-
     def __init__(self, id: int, fn: Callable[..., Any], args: tuple,
-                 kwargs: Optional[Dict[str, Any]], future: Any, timeout: Optional[float]) -> None:
+                 kwargs: Optional[Dict[str, Any]], timeout: Optional[float]) -> None:
         self.id = id
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
-        self.future = future
         self.timeout = timeout
         self.tries = 0
         self.alone = False
-        self.where: Any = None   # the scheduler's note of where it was sent
+        self.where: Any = None
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {describe_callable(self.fn)}>"
