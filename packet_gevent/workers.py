@@ -1,10 +1,9 @@
-"""The master side of Packet's workers: load WORKER_ROOT, run worker processes, route requests.
+"""WorkerManager, the master side of Packet's workers: run them, route to them, outlive their crashes.
 
-``Reactor(worker_root=path)`` imports every ``*.py`` in ``path`` (not those
-starting with ``_``, which may hold helpers), finds each module's worker class
-(``foo_worker.py`` -> ``FooWorker``, Packet's rule, else the
-:class:`~packet_gevent.Worker` subclasses it defines) and, when the reactor
-starts, forks every worker that is not ``no_auto_load``.  The
+``Reactor(worker_root=path)`` loads the worker classes of ``path``
+(:mod:`.loader`) and, when the reactor starts, starts every worker that is
+not ``no_auto_load``, each in its own forked process(es)
+(:mod:`.worker_process`; the child side is :mod:`.worker`).  The
 :class:`WorkerManager` (``reactor.workers``) then:
 
 * sends ``ask_worker`` requests as dicts over each worker's private channel
@@ -28,40 +27,27 @@ starts, forks every worker that is not ``no_auto_load``.  The
   restarted process; past the bound they are answered with an error at once.
   Requests in flight at a crash are *not* retried (they may have had effects).
 
-Workers are forked with :func:`~packet_gevent.process.spawn_child` (so the
-reactor must run in the main thread) and talk over
-:class:`~packet_gevent.channel.Channel`.
-
-Measured with ``python -m packet_gevent.workers`` (:func:`_measure`; Python
-3.11, shared 2-core VM, load ~0.3, 3 runs): ask_worker round trip with a
-callback, one at a time: p50 163-183 us, p99 276-312 us; 20,000 requests in
-flight: 39-48k requests/s (one process or a pool of 3 alike: the master is
-the bottleneck); SIGKILL of a worker to the error reply of its pending
-request: 2.0-3.8 ms; to the restarted worker's first answer: 6-9 ms.  Workers
-of a SIGKILLed master were gone 6-10 ms later (PR_SET_PDEATHSIG, and EOF on
-the channel as well; measured from a test-like script, 10 runs).
+MEASUREMENTS
 """
 from __future__ import annotations
 
 import collections
-import hashlib
-import importlib.util
 import itertools
 import logging
-import os
 import pickle
-import sys
 import types
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import gevent
 import gevent.event
 
 from .errors import (ChannelClosed, FrameError, InvalidWorker, SerializationError, WorkerCrashed,
-                     WorkerError, WorkerLoadError)
-from .pimp import Callback, MetaPimp, Pimp, find_pimp_class
+                     WorkerError)
+from .loader import find_proxy_class, load_worker_root
+from .pimp import Callback, MetaPimp, Pimp
 from .runner import SerialRunner
-from .worker import INIT_FAILED, LOG, MSG, READY, ROUTING_KEYS, STOP, Worker, error_reply, run_worker
+from .worker import INIT_FAILED, LOG, MSG, READY, ROUTING_KEYS, Worker, error_reply
+from .worker_process import WorkerProcess
 
 __all__ = ["WorkerManager", "Worker", "Pimp", "MetaPimp", "Callback", "load_worker_root",
            "MAX_QUEUED"]
@@ -81,96 +67,6 @@ RESTART_FIRST_DELAY = 0.0
 RESTART_MIN_DELAY = 0.1
 RESTART_MAX_DELAY = 5.0
 RESTART_RESET = 10.0
-#: After a worker's channel reaches EOF, how long to wait for the process to
-#: exit before killing it (it closed its channel, so it is of no more use).
-#: Both events normally arrive together (a SIGKILLed worker's pending request
-#: is answered 2.4-3.8 ms after the kill, both events included).
-EXIT_WAIT = 1.0
-#: After a worker exits, how long to wait for EOF on its channel, so replies
-#: it sent before dying are routed before its pending requests fail.  Only a
-#: grandchild that inherited the socket could hold the EOF back.
-EOF_WAIT = 0.5
-
-
-# ------------------------------------------------------------------ loading
-_loaded_roots: Dict[str, Tuple[Dict[str, type], List[types.ModuleType]]] = {}
-
-
-def _camel(stem: str) -> str:
-    return "".join(part[:1].upper() + part[1:] for part in stem.split("_"))
-
-
-def load_worker_root(path: str) -> Tuple[Dict[str, type], List[types.ModuleType]]:
-    """Import every worker module of ``path``; return ({worker_name: class}, modules).
-
-    Modules are imported once per directory and process, as submodules of a
-    private package (so pickle finds classes they define), with no change to
-    ``sys.path``.  Raises WorkerLoadError naming the file on any problem.
-    """
-    real = os.path.realpath(path)
-    if real in _loaded_roots:
-        return _loaded_roots[real]
-    if not os.path.isdir(real):
-        raise WorkerLoadError(f"worker_root {path!r} is not a directory; pass the directory "
-                              f"that holds the worker modules (foo_worker.py ...)")
-    package_name = "_packet_workers_" + hashlib.sha1(real.encode()).hexdigest()[:12]
-    package = sys.modules.get(package_name)
-    if package is None:
-        package = types.ModuleType(package_name, f"Packet workers loaded from {real}")
-        package.__path__ = [real]  # type: ignore[attr-defined]
-        sys.modules[package_name] = package
-    classes: Dict[str, type] = {}
-    modules = []
-    for filename in sorted(os.listdir(real)):
-        if not filename.endswith(".py") or filename.startswith(("_", ".")):
-            continue
-        module = _import_file(package_name, os.path.join(real, filename))
-        modules.append(module)
-        for cls in _worker_classes(module, filename[:-3], os.path.join(real, filename)):
-            other = classes.get(cls.worker_name)
-            if other is not None and other is not cls:
-                raise WorkerLoadError(f"two worker classes are named {cls.worker_name!r}: "
-                                      f"{other.__module__}.{other.__name__} and {cls.__name__} "
-                                      f"in {filename}; give one another worker_name")
-            classes[cls.worker_name] = cls
-    _loaded_roots[real] = (classes, modules)
-    logger.debug("loaded workers %s from %s", sorted(classes), real)
-    return classes, modules
-
-
-def _import_file(package_name: str, filepath: str) -> types.ModuleType:
-    stem = os.path.basename(filepath)[:-3]
-    name = f"{package_name}.{stem}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, filepath)
-    if spec is None or spec.loader is None:
-        raise WorkerLoadError(f"cannot import worker module {filepath}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException as exc:
-        sys.modules.pop(name, None)
-        raise WorkerLoadError(f"importing worker module {filepath} failed: "
-                              f"{type(exc).__name__}: {exc}") from exc
-    setattr(sys.modules[package_name], stem, module)
-    return module
-
-
-def _worker_classes(module: types.ModuleType, stem: str, filepath: str) -> List[type]:
-    by_rule = getattr(module, _camel(stem), None)
-    if isinstance(by_rule, type) and issubclass(by_rule, Worker) and by_rule is not Worker:
-        return [by_rule]
-    defined = [value for value in vars(module).values()
-               if isinstance(value, type) and issubclass(value, Worker) and value is not Worker
-               and value.__module__ == module.__name__]
-    if not defined:
-        raise WorkerLoadError(f"{filepath} defines no worker class: expected "
-                              f"'class {_camel(stem)}(packet_gevent.Worker)' (Packet's rule: "
-                              f"{stem}.py defines {_camel(stem)}) or another Worker subclass; "
-                              f"put helper modules in files starting with '_'")
-    return defined
 
 
 # ------------------------------------------------------------ bookkeeping
@@ -180,7 +76,7 @@ class _Request:
     __slots__ = ("rid", "message", "conn_sig", "callback", "asker", "origin", "proc")
 
     def __init__(self, rid: int, message: Dict[str, Any], conn_sig: Optional[int],
-                 callback: Optional[Callback], asker: Optional["_Proc"] = None,
+                 callback: Optional[Callback], asker: Optional[WorkerProcess] = None,
                  origin: Optional[Dict[str, Any]] = None) -> None:
         self.rid = rid
         self.message = message
@@ -188,33 +84,7 @@ class _Request:
         self.callback = callback
         self.asker = asker          # the worker process that asked (worker -> worker)
         self.origin = origin        # that worker's own routing keys, restored on the reply
-        self.proc: Optional[_Proc] = None
-
-
-class _Proc:
-    """One worker process: its child handle, channel and requests in flight."""
-
-    def __init__(self, group: "_Group", index: int, child: Any, channel: Any) -> None:
-        self.group = group
-        self.index = index
-        self.child = child
-        self.channel = channel
-        self.pid: int = child.pid
-        self.inflight: Dict[int, _Request] = {}
-        self.per_conn: collections.Counter = collections.Counter()
-        self.started_at = gevent.get_hub().loop.now()
-        self.closing = False     # no new requests: EOF seen, or told to stop
-        self.stopping = False    # told to stop: its exit is expected
-        self.eof = False
-        self.exited = False
-        self.dead = False        # death handled
-        self.cause: Optional[str] = None  # why we killed it, if we did
-        self.timer: Any = None
-
-    def cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.close()
-            self.timer = None
+        self.proc: Optional[WorkerProcess] = None
 
 
 class _Group:
@@ -225,7 +95,7 @@ class _Group:
         self.name: str = cls.worker_name
         self.key = key
         self.options = options
-        self.procs: List[Optional[_Proc]] = [None] * pool_size
+        self.procs: List[Optional[WorkerProcess]] = [None] * pool_size
         self.failures = [0] * pool_size
         self.restart_timers: Dict[int, Any] = {}
         self.waiting: Deque[_Request] = collections.deque()
@@ -237,7 +107,7 @@ class _Group:
     def label(self) -> str:
         return self.name if self.key is None else f"{self.name}[{self.key!r}]"
 
-    def live(self) -> List[_Proc]:
+    def live(self) -> List[WorkerProcess]:
         return [proc for proc in self.procs if proc is not None and not proc.closing]
 
 
@@ -306,10 +176,7 @@ class WorkerManager:
             raise ValueError(f"pool_size must be >= 1, got {pool_size}")
         merged = dict(self.worker_options)
         merged.update(options)
-        try:
-            pimp_class = find_pimp_class(cls.worker_proxy, self.modules + [sys.modules.get(cls.__module__)])
-        except (LookupError, TypeError) as exc:
-            raise WorkerLoadError(f"worker {cls.worker_name!r}: {exc}") from None
+        pimp_class = find_proxy_class(cls, self.modules)
         group = _Group(cls, worker_key, merged, pool_size)
         group.pimp = pimp_class(self, cls.worker_name, worker_key)
         self._groups[(group.name, worker_key)] = group
@@ -335,7 +202,7 @@ class WorkerManager:
         self._fail_waiting(group, f"worker {group.label} was deleted before it took this request")
         for proc in group.procs:
             if proc is not None:
-                self._ask_to_stop(proc, self.reactor.stop_grace, "deleted by delete_worker")
+                proc.stop(self.reactor.stop_grace, "deleted by delete_worker")
         logger.info("deleting worker %s", group.label)
 
     def running_workers(self) -> List[Tuple[str, Any]]:
@@ -394,7 +261,7 @@ class WorkerManager:
         """Send a dict to a worker, expecting no answer (Pimp.send_data)."""
         self._send_untracked(self._group(worker_name, worker_key), message)
 
-    def forward(self, source: Optional[_Proc], request: Dict[str, Any]) -> None:
+    def forward(self, source: Optional[WorkerProcess], request: Dict[str, Any]) -> None:
         """Worker -> worker: send ``request`` to its ``requested_worker``; reply to ``source``."""
         name = request.get("requested_worker")
         key = request.get("requested_worker_key")
@@ -457,7 +324,7 @@ class WorkerManager:
                                 f"start_worker(worker=..., worker_key=...)")
         return group
 
-    def _pick(self, group: _Group, conn_sig: Optional[int]) -> Optional[_Proc]:
+    def _pick(self, group: _Group, conn_sig: Optional[int]) -> Optional[WorkerProcess]:
         procs = group.procs
         if len(procs) == 1:
             proc = procs[0]
@@ -485,7 +352,7 @@ class WorkerManager:
         _check_picklable(request.message)
         group.waiting.append(request)
 
-    def _send_request(self, proc: _Proc, request: _Request) -> None:
+    def _send_request(self, proc: WorkerProcess, request: _Request) -> None:
         request.proc = proc
         proc.inflight[request.rid] = request
         if request.conn_sig is not None:
@@ -572,26 +439,18 @@ class WorkerManager:
 
     # ------------------------------------------------- process lifecycle
     def _start_proc(self, group: _Group, index: int) -> None:
-        from .channel import Channel
-        from .process import spawn_child
-
         group.restart_timers.pop(index, None)
-        child = spawn_child(_child_main, name=f"packet worker {group.label}",
-                            args=(group.cls, group.key, group.options, index,
-                                  self.reactor.stop_grace, self.max_message_size))
-        channel = Channel(child.sock, **_channel_options(self.max_message_size))
-        proc = _Proc(group, index, child, channel)
+        proc = WorkerProcess(group, index, stop_grace=self.reactor.stop_grace,
+                             max_message_size=self.max_message_size,
+                             on_message=self._on_message, on_dead=self._on_dead)
         group.procs[index] = proc
         self._procs.add(proc)
         self._all_dead.clear()
-        channel.start(lambda item: self._on_message(proc, item),
-                      lambda exc: self._on_eof(proc, exc))
-        child.on_exit(lambda *args: self._on_exit(proc))
         while group.waiting and self._pick(group, None) is not None:
             request = group.waiting.popleft()
             self._dispatch(group, request)
 
-    def _on_message(self, proc: _Proc, item: Any) -> None:  # in the hub
+    def _on_message(self, proc: WorkerProcess, item: Any) -> None:  # in the hub
         try:
             kind, payload = item
         except (TypeError, ValueError):
@@ -616,74 +475,29 @@ class WorkerManager:
             logger.warning("%s (pid %d) sent an unknown message kind %r", group.label, proc.pid, kind)
 
     @staticmethod
-    def _to_pimp(pimp: Pimp, proc: _Proc, payload: Dict[str, Any]) -> None:
+    def _to_pimp(pimp: Pimp, proc: WorkerProcess, payload: Dict[str, Any]) -> None:
         pimp._source = proc
         try:
             pimp.receive_data(payload)
         finally:
             pimp._source = None
 
-    def _on_eof(self, proc: _Proc, exc: Optional[BaseException] = None) -> None:  # in the hub
-        if proc.eof or proc.dead:
-            return
-        proc.eof = True
-        proc.closing = True
-        if proc.exited:
-            proc.cancel_timer()
-            proc.group.serial.post(self._proc_died, proc)
-        elif exc is not None:
-            # A bad frame or a message we cannot unpickle: the stream is lost.
-            proc.cause = f"it sent a message the master cannot read ({type(exc).__name__}: {exc})"
-            logger.error("worker %s (pid %d): %s; killing it", proc.group.label, proc.pid, proc.cause)
-            proc.child.kill()
-        elif not proc.stopping:
-            # It closed its channel but lives on: of no more use.  Give the
-            # exit (which normally follows at once) a moment, then kill it.
-            def kill() -> None:
-                proc.cause = f"it closed its channel but had not exited {EXIT_WAIT} s later"
-                proc.child.kill()
-            self._arm(proc, EXIT_WAIT, kill)
+    def _on_dead(self, proc: WorkerProcess) -> None:  # in the hub
+        # After the messages it sent before dying, which the proxy may still be handling.
+        proc.group.serial.post(self._proc_died, proc)
 
-    def _on_exit(self, proc: _Proc) -> None:
-        if proc.exited:
-            return
-        proc.exited = True
-        proc.closing = True
-        proc.cancel_timer()
-        if proc.eof:
-            proc.group.serial.post(self._proc_died, proc)
-        else:
-            self._arm(proc, EOF_WAIT, lambda: proc.group.serial.post(self._proc_died, proc))
-
-    def _arm(self, proc: _Proc, seconds: float, fn: Callable[[], Any]) -> None:
-        proc.cancel_timer()
-        proc.timer = gevent.get_hub().loop.timer(seconds)
-        proc.timer.start(fn)
-
-    def _proc_died(self, proc: _Proc) -> None:  # in the group's serial greenlet
-        if proc.dead:
-            return
-        proc.dead = True
-        proc.cancel_timer()
+    def _proc_died(self, proc: WorkerProcess) -> None:  # in the group's serial greenlet
+        text = proc.finish()
         group = proc.group
-        try:
-            proc.channel.close()
-        except Exception:  # pragma: no cover - closing a dead channel
-            logger.debug("closing the channel of pid %d failed", proc.pid, exc_info=True)
         self._procs.discard(proc)
         if group.procs[proc.index] is proc:
             group.procs[proc.index] = None
-        how = _describe_exit(proc.child)
-        text = f"worker {group.label} (pid {proc.pid}) {how}"
-        if proc.cause:
-            text += f": {proc.cause}"
         requests = list(proc.inflight.values())
         proc.inflight.clear()
         proc.per_conn.clear()
         for request in requests:
             self._pending.pop(request.rid, None)
-            crashed = WorkerCrashed(text, pid=proc.pid, exitcode=getattr(proc.child, "exitcode", None),
-                                    signal=getattr(proc.child, "signal", None))
+            crashed = WorkerCrashed(text, pid=proc.pid, exitcode=proc.exitcode, signal=proc.signal)
             self._answer(request, self._master_error(request, text, crashed))
         try:
             group.pimp.worker_exited(proc.pid, text)
@@ -697,7 +511,7 @@ class WorkerManager:
         if not self._procs:
             self._all_dead.set()
 
-    def _after_crash(self, group: _Group, proc: _Proc, text: str, failed: int) -> None:
+    def _after_crash(self, group: _Group, proc: WorkerProcess, text: str, failed: int) -> None:
         lost = f"; {failed} pending requests answered with an error" if failed else ""
         if group.deleted or self._stopping:
             logger.info("%s%s", text, lost)
@@ -749,21 +563,6 @@ class WorkerManager:
             timer.close()
         group.restart_timers.clear()
 
-    def _ask_to_stop(self, proc: _Proc, grace: float, why: str) -> None:
-        """Send STOP (queued after the requests it has); SIGKILL after ``grace``."""
-        proc.stopping = True
-        proc.closing = True
-        proc.cause = why
-        try:
-            proc.channel.send((STOP, None))
-        except ChannelClosed:
-            logger.debug("could not send stop to pid %d: its channel is closed", proc.pid)
-        if not proc.exited:
-            def kill() -> None:
-                proc.cause = f"{why}; killed: it had not exited {grace} s later"
-                proc.child.kill()
-            self._arm(proc, grace, kill)
-
     def stop(self, timeout: float = 5.0) -> None:
         """Stop every worker: ask, wait up to ``timeout``, then kill; answer what is left."""
         self._stopping = True
@@ -772,7 +571,7 @@ class WorkerManager:
             self._fail_waiting(group, f"reactor stopped before worker {group.label} took this request")
         for proc in list(self._procs):
             if not proc.stopping:
-                self._ask_to_stop(proc, max(timeout, 0.0), "stopped with the reactor")
+                proc.stop(max(timeout, 0.0), "stopped with the reactor")
         # Kill timers fire at the deadline; after them the exits come within ms.
         if not self._all_dead.wait(max(timeout, 0.0) + 2.0):
             for proc in list(self._procs):
@@ -783,26 +582,6 @@ class WorkerManager:
             text = "reactor stopped before the worker replied"
             self._answer(request, self._master_error(request, text, WorkerCrashed(text)))
         self._groups.clear()
-
-
-# ----------------------------------------------------------- child entry
-def _child_main(sock: Any, cls: type, worker_key: Any, options: Dict[str, Any], index: int,
-                stop_grace: float, max_message_size: Optional[int]) -> int:
-    """Runs in the forked child (fresh hub, no inherited fds but ``sock``)."""
-    from .channel import Channel
-    channel = Channel(sock, **_channel_options(max_message_size))
-    return run_worker(channel, cls, worker_key, options, index, stop_grace)
-
-
-def _channel_options(max_message_size: Optional[int]) -> Dict[str, Any]:
-    return {} if max_message_size is None else {"max_message_size": max_message_size}
-
-
-def _describe_exit(child: Any) -> str:
-    describe = getattr(child, "describe_exit", None)
-    if describe is not None:
-        return describe()
-    return f"exited (exitcode={getattr(child, 'exitcode', None)}, signal={getattr(child, 'signal', None)})"
 
 
 def _check_picklable(message: Dict[str, Any]) -> None:
@@ -822,6 +601,7 @@ def _unpicklable(worker_name: Any, cause: BaseException) -> SerializationError:
 
 def _measure() -> None:  # pragma: no cover - run by hand to refresh the docstring numbers
     """Print round trip, throughput and crash-handling times: python -m packet_gevent.workers."""
+    import os
     import signal
     import time
 
