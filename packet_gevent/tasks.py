@@ -22,9 +22,11 @@ are handed over separately, never copied into the pickle.
 from __future__ import annotations
 
 import io
+import itertools
 import pickle
+import sys
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .errors import SerializationError, WorkerError
 
@@ -170,13 +172,23 @@ class TaskCodec:
                 return False
 
         self._pickler_class = OOBPickler
+        self._fast_dumps = pickle.dumps if serializer == "pickle" else sys.modules["cloudpickle"].dumps
         # One pickler reused for every message: making one costs ~5 us, more
         # than pickling a small message.
         self._file = io.BytesIO()
         self._pickler = OOBPickler(self._file)
         self._busy = False
 
-    def dumps(self, obj: Any) -> Encoded:
+    def dumps(self, obj: Any, big: bool = True) -> Encoded:
+        """(pickle, big bytes, buffers) of ``obj``.
+
+        ``big=False`` promises no ``bytes`` of OOB_THRESHOLD or more inside:
+        then the C pickler runs without calling back into Python for every
+        object (a persistent_id hook costs ~0.1 us per object pickled).
+        """
+        if not big:
+            buffers: List[pickle.PickleBuffer] = []
+            return self._fast_dumps(obj, 5, buffer_callback=buffers.append), [], buffers
         if self._busy:  # re-entered from a __reduce__: a throwaway pickler
             file = io.BytesIO()
             pickler = self._pickler_class(file)
@@ -207,8 +219,13 @@ class TaskCodec:
     # -- master -> child ------------------------------------------------------------------
     def encode_calls(self, calls: List[Call]) -> Encoded:
         """One pickle for the group; SerializationError (with the fix) if it cannot be made."""
+        big = False
+        for _fn, args, kwargs in calls:
+            if _has_big_bytes(args) or (kwargs and _has_big_bytes(kwargs.values())):
+                big = True
+                break
         try:
-            return self.dumps(calls)
+            return self.dumps(calls, big)
         except Exception as exc:
             if len(calls) == 1:
                 fn = calls[0][0]
@@ -240,7 +257,7 @@ class TaskCodec:
         so the master never receives a reply it cannot unpickle.
         """
         try:
-            encoded = self.dumps(outcomes)
+            encoded = self.dumps(outcomes, _has_big_bytes([value for _, _, value in outcomes]))
             if any(type(value) not in _PLAIN for _, _, value in outcomes):
                 self.loads(encoded)
             return encoded
@@ -259,6 +276,29 @@ class TaskCodec:
     @classmethod
     def decode_outcomes(cls, encoded: Encoded) -> List[Tuple[int, int, Any]]:
         return cls.loads(encoded)
+
+
+def _has_big_bytes(values: Iterable[Any]) -> bool:
+    """Whether a ``bytes`` of OOB_THRESHOLD or more is among ``values`` or their items.
+
+    Looks one level into tuples, lists and dict values (first 8 items): where
+    call arguments and results carry payloads.  One deeper down is pickled in
+    band: correct, one copy more each way.
+    """
+    for value in values:
+        kind = type(value)
+        if kind is bytes:
+            if len(value) >= OOB_THRESHOLD:
+                return True
+        elif kind is tuple or kind is list:
+            for item in value[:8]:
+                if type(item) is bytes and len(item) >= OOB_THRESHOLD:
+                    return True
+        elif kind is dict:
+            for item in itertools.islice(value.values(), 8):
+                if type(item) is bytes and len(item) >= OOB_THRESHOLD:
+                    return True
+    return False
 
 
 def _unsendable(outcome: Tuple[int, int, Any]) -> Tuple[int, int, Any]:
