@@ -133,6 +133,15 @@ def test_worker_and_proxy_names_are_exported_lazily():
     assert packet_gevent.MetaPimp is MetaPimp and packet_gevent.Callback is Callback
 
 
+def test_workers_module_still_exports_the_names_that_moved():
+    from packet_gevent import loader, pimp, worker
+    from packet_gevent.workers import (MAX_QUEUED, Callback as C, MetaPimp as M, Pimp as P,
+                                       Worker as W, WorkerManager, load_worker_root as load)
+    assert (W, P, M, C, load) == (worker.Worker, pimp.Pimp, pimp.MetaPimp, pimp.Callback,
+                                  loader.load_worker_root)
+    assert isinstance(MAX_QUEUED, int) and WorkerManager.__module__ == "packet_gevent.workers"
+
+
 def test_worker_root_setting_for_packet_users_via_reactor_run(tmp_path):
     """Packet's WORKER_ROOT: a global of the main script (or the environment) is honoured by Reactor.run."""
     from tests.conftest import run_script
