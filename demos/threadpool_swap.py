@@ -17,7 +17,6 @@ With threads the CPU work holds the GIL, so the hub (and ``/light``) waits
 behind it and two threads do no more work than one; with processes the hub
 only shuttles requests and results.
 """
-import argparse
 import sys
 import time
 from typing import Any, Dict, List

@@ -66,18 +66,18 @@ import os
 import threading
 import time
 from concurrent.futures._base import PENDING, RUNNING, InvalidStateError
-from typing import (Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple)
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import gevent
 import gevent.event
 import gevent.lock
 import gevent.queue
 
-from .errors import (PoolBroken, PoolClosed, SerializationError, TaskTimeout, WorkerCrashed)
+from .errors import PoolBroken, PoolClosed, SerializationError, TaskTimeout
 from .futures import Future, TaskResult
 from . import pool_process
 from .pool_process import Markers, PoolProcess
-from .tasks import (ERR, OK, Task, TaskCodec, call_chunk, describe_callable, rebuild_exception)
+from .tasks import OK, Task, TaskCodec, call_chunk, describe_callable, rebuild_exception
 
 __all__ = ["ForkPool", "defer_to_connection", "SUBMIT_BURST", "PIPELINE_SECONDS",
            "MAX_INFLIGHT", "MAX_REQUEUES"]
@@ -122,6 +122,8 @@ class _TaskFuture(Future, Task):
                  kwargs: Optional[Dict[str, Any]], timeout: Optional[float]) -> None:
         Future.__init__(self, owner)
         Task.__init__(self, id, fn, args, kwargs, timeout)
+
+    holds_slot = False  # took one of max_pending's slots (released when settled)
 
     __repr__ = Future.__repr__
 
@@ -402,6 +404,7 @@ class ForkPool(concurrent.futures.Executor):
                 self._pending_sem.release()
                 raise self._broken or PoolClosed("cannot submit: the pool was shut down while "
                                                  "this submit waited for room")
+            future.holds_slot = True
         self._enqueue(future)
         self._burst += 1
         if self._burst >= SUBMIT_BURST and gevent.getcurrent() is not self._hub:
@@ -535,7 +538,7 @@ class ForkPool(concurrent.futures.Executor):
             if len(tasks) > 1:
                 return [group for task in tasks for group in self._encode([task])]
             self._fail(tasks[0], exc)
-            self._settled(1)
+            self._settled(1, tasks)
             return []
 
     # -- outcomes (in the hub) ---------------------------------------------------------------------
@@ -548,6 +551,7 @@ class ForkPool(concurrent.futures.Executor):
             self._seconds_per_task = (previous + seconds_per_task) / 2
         inflight = proc.inflight
         settled = 0
+        slots = [] if self._pending_sem is not None else None
         for tid, status, value in outcomes:
             task = inflight.pop(tid, None)
             if task is None or task._state != RUNNING:
@@ -558,12 +562,14 @@ class ForkPool(concurrent.futures.Executor):
                 else:
                     task.set_exception(rebuild_exception(value))
                     self._stats["failed"] += 1
-            except InvalidStateError:  # cancelled from another thread just now
-                pass
+            except InvalidStateError:  # cancelled from another thread: that settles it
+                continue
             settled += 1
+            if slots is not None:
+                slots.append(task)
         self._stats["completed"] += settled
         if settled:
-            self._settled(settled)
+            self._settled(settled, slots or ())
         if proc.accepting and self._max_tasks is not None and proc.sent >= self._max_tasks:
             proc.accepting = False  # it exits after its last task; _on_gone replaces it
         self._dispatch()
@@ -617,7 +623,7 @@ class ForkPool(concurrent.futures.Executor):
             else:
                 proc.skip([task.id])
         self._stats["cancelled"] += 1
-        self._settled(1)
+        self._settled(1, (task,))
         self._schedule_flush()
 
     def _arm_timeout(self, proc: PoolProcess, due: float) -> None:
@@ -655,7 +661,7 @@ class ForkPool(concurrent.futures.Executor):
         self._fail(task, TaskTimeout(
             f"task {describe_callable(task.fn)} ran longer than its timeout of {task.timeout} s; "
             f"its pool process (pid {proc.pid}) was killed and is being replaced"))
-        self._settled(1)
+        self._settled(1, (task,))
         proc.kill(f"task {task.id} timed out")
 
     def _on_gone(self, proc: PoolProcess) -> None:
@@ -667,28 +673,28 @@ class ForkPool(concurrent.futures.Executor):
         if crashed:
             self._stats["crashed"] += 1
             logger.warning("pool process %d %s", proc.pid, proc.child.describe_exit())
-        requeue, settled = [], 0
+        requeue, settled = [], []
         for task in proc.inflight.values():
             if task._state != RUNNING:
                 continue
             if task is running and crashed:
                 self._fail(task, proc.child.crash_error(
                     f"the pool process died while running {describe_callable(task.fn)}"))
-                settled += 1
+                settled.append(task)
                 continue
             task.tries += 1
             if task.tries > MAX_REQUEUES:
                 self._fail(task, proc.child.crash_error(
                     f"{task.tries} pool processes died while {describe_callable(task.fn)} was "
                     f"queued on them; the last one"))
-                settled += 1
+                settled.append(task)
             else:
                 task._requeue()
                 requeue.append(task)
         proc.inflight.clear()
         self._queue.extendleft(reversed(requeue))
         if settled:
-            self._settled(settled)
+            self._settled(len(settled), settled)
         young = crashed and time.monotonic() - proc.started_at < RESTART_RESET
         if self._broken is None and not (self._closed and not self._unfinished):
             self._stats["restarts"] += 1
@@ -708,11 +714,15 @@ class ForkPool(concurrent.futures.Executor):
         self._restart_timers[slot] = timer
         timer.start(self._spawn, slot)
 
-    def _settled(self, count: int) -> None:
+    def _settled(self, count: int, tasks: Iterable[Task] = ()) -> None:
+        """``count`` tasks got their outcome; ``tasks`` (those among them that may hold a
+        ``max_pending`` slot) give their slot back."""
         self._unfinished -= count
         if self._pending_sem is not None:
-            for _ in range(count):
-                self._pending_sem.release()
+            for task in tasks:
+                if task.holds_slot:
+                    task.holds_slot = False
+                    self._pending_sem.release()
         if self._unfinished == 0:
             self._idle.set()
             if self._closed:
@@ -723,7 +733,7 @@ class ForkPool(concurrent.futures.Executor):
         for task in list(self._queue):
             if task._state == PENDING:
                 self._fail(task, exc)
-                self._settled(1)
+                self._settled(1, (task,))
         self._queue.clear()
         for proc in self._procs:
             if proc is None:
@@ -731,7 +741,7 @@ class ForkPool(concurrent.futures.Executor):
             for task in list(proc.inflight.values()):
                 if task._state == RUNNING:
                     self._fail(task, exc)
-                    self._settled(1)
+                    self._settled(1, (task,))
             proc.inflight.clear()
             proc.kill(str(exc))
         for timer in self._restart_timers.values():

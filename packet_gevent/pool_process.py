@@ -36,6 +36,7 @@ import collections
 import gc
 import logging
 import mmap
+import os
 import pickle
 import select
 import struct
@@ -66,6 +67,12 @@ EXIT_INIT_FAILED = 3
 FLUSH_INTERVAL = 0.001
 
 _SLOT = struct.Struct("=qd")  # running task id, its start (time.monotonic)
+
+#: Pool processes run under SCHED_BATCH (Linux): the same CPU share, but they
+#: do not preempt on wake-up, so the master's hub wakes promptly while they
+#: compute.  Measured, 2 busy processes on 2 cores: hub timer lateness p99
+#: 1.1-3.5 ms with it against 1.1-6 ms without (the idle floor is 1.1 ms).
+BATCH_SCHEDULING = True
 
 #: True in a pool process (set by its main function): a pool inherited
 #: through the fork must not be used there.
@@ -251,6 +258,11 @@ def _child_main(sock: Any, marker_map: mmap.mmap, slot: int,
     """A pool process: run tasks in arrival order until EOF (or max_tasks)."""
     global in_pool_process
     in_pool_process = True
+    if BATCH_SCHEDULING:
+        try:
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        except (AttributeError, OSError):  # not Linux, or refused: run as usual
+            pass
     gc.freeze()  # the inherited heap is never collected here: no GC passes over it
     channel = BlockingChannel(sock)
     if initializer is not None:

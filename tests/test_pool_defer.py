@@ -4,7 +4,6 @@ import os
 
 import gevent
 import gevent.event
-import pytest
 
 from packet_gevent import Connection, Reactor
 from tests.conftest import client, recv_exactly, wait_for

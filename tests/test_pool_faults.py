@@ -291,6 +291,12 @@ def test_max_pending_makes_submit_wait_cooperatively():
         assert [f.result(timeout=10) for f in submitted] == [0, 1, 2, 3]
         ticker.join(timeout=10)
         assert len(ticks) == 40  # the hub ran on while submit waited
+        # submits from the hub or another thread do not wait, nor give back a slot they never took
+        hub_submitted = []
+        gevent.get_hub().loop.run_callback(lambda: hub_submitted.append(p.submit(inc, 1)))
+        wait_for(lambda: hub_submitted, message="the hub's submit")
+        assert hub_submitted[0].result(timeout=10) == 2
+        assert p._pending_sem.counter == 2
 
 
 def test_max_tasks_per_child_recycles_processes():
