@@ -40,9 +40,10 @@ class Callback:
 
     ``ask_worker(..., callback=Callback(fn))`` (or any callable) calls
     ``fn(reply)`` instead of ``worker_receive``: in the asking connection's
-    greenlet when asked from a connection, else in the worker manager's one
-    reply-callback greenlet, in reply order (a callback that blocks delays
-    the callbacks after it, as a connection's callbacks do).
+    greenlet when asked from a connection, else in the worker manager's
+    reply-callback greenlet, in reply order; a callback that blocks (say, it
+    asks another worker and waits) keeps that greenlet and a fresh one runs
+    the callbacks after it.
     """
 
     __slots__ = ("fn", "signature")

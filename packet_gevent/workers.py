@@ -15,7 +15,8 @@ not ``no_auto_load``, each in its own forked process(es)
 * hands each dict a worker sends to the worker's proxy (:mod:`.pimp`), in
   order, in the proxy's long-lived greenlet (:mod:`.runner`); reply
   callbacks of requests asked without a connection run in one more such
-  greenlet: the hub never runs user code and never blocks;
+  greenlet (one that blocks is left its own); no greenlet is spawned per
+  message, and the hub never runs user code and never blocks;
 * answers every request exactly once: the first ``response``/``error`` reply
   with its ``request_id`` settles it, later ones are dropped (debug log);
   when a worker process dies (uncaught exception, ``os._exit``, a signal)
@@ -135,7 +136,7 @@ class WorkerManager:
         self._stopping = False
         self._loaded = False
         # Reply callbacks of requests asked without a connection, in reply order.
-        self._callbacks = SerialRunner("worker reply callback")
+        self._callbacks = SerialRunner("worker reply callback", hold_back=False)
 
     # ---------------------------------------------------------- loading
     def load(self) -> Dict[str, type]:

@@ -196,6 +196,17 @@ def test_callbacks_without_a_connection_run_in_reply_order_outside_the_hub(wreac
     assert all(glet is not gevent.get_hub() for _, glet in seen)
 
 
+def test_a_callback_may_ask_again_and_wait_for_that_reply(wreactor):
+    final = gevent.event.AsyncResult()
+
+    def outer(reply):
+        inner = gevent.event.AsyncResult()
+        wreactor.ask_worker("double_worker", data=reply["data"], callback=inner.set)
+        final.set(inner.get(timeout=5)["data"])
+    wreactor.ask_worker("double_worker", data=3, callback=outer)
+    assert final.get(timeout=10) == 12
+
+
 def test_callback_from_a_connection_runs_in_its_greenlet(wreactor):
     seen = gevent.event.AsyncResult()
 

@@ -93,3 +93,45 @@ def test_a_call_raising_system_exit_reaches_the_hub_and_a_fresh_greenlet_takes_o
     assert finished.wait(5)
     assert first.dead and runner.greenlet is not first
     assert reported == [SystemExit]
+
+
+def test_without_hold_back_a_blocked_call_can_wait_for_a_call_queued_behind_it():
+    runner = SerialRunner("test call", hold_back=False)
+    later_ran = gevent.event.Event()
+    done = gevent.event.Event()
+    order = []
+
+    def first():
+        order.append("first waits")
+        assert later_ran.wait(5), "the call queued behind a blocked one never ran"
+        order.append("first done")
+        done.set()
+
+    def post_both():  # queued together, before the runner wakes
+        runner.post(first)
+        runner.post(lambda: (order.append("second"), later_ran.set()))
+    gevent.spawn(post_both).join(5)
+    assert done.wait(5)
+    assert order == ["first waits", "second", "first done"]
+
+
+def test_without_hold_back_a_call_posted_while_one_blocks_runs_meanwhile():
+    runner = SerialRunner("test call", hold_back=False)
+    release = gevent.event.Event()
+    order = []
+    _post_from_hub(runner, lambda: (order.append("blocked"), release.wait(5), order.append("released")))
+    _post_from_hub(runner, order.append, "meanwhile")
+    assert order == ["blocked", "meanwhile"]
+    release.set()
+    finished = gevent.event.Event()
+    runner.post(finished.set)
+    assert finished.wait(5)
+    assert order == ["blocked", "meanwhile", "released"]
+    # Non-blocking calls still run in post order in one greenlet.
+    seen = []
+    done = gevent.event.Event()
+    for i in range(5):
+        runner.post(lambda i=i: seen.append((i, greenlet.getcurrent())))
+    runner.post(done.set)
+    assert done.wait(5)
+    assert [i for i, _ in seen] == list(range(5)) and len({g for _, g in seen}) == 1
