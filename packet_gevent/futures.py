@@ -239,12 +239,11 @@ class Future(concurrent.futures.Future):
         with _lazy_lock:
             waiters, self._greenlet_waiters = self._greenlet_waiters, None
         if waiters:
-            current = getcurrent()
+            # Never switched to from here: the pool finishes its bookkeeping
+            # before any waiting greenlet runs.
             for waiter in waiters:
                 hub = waiter.hub
-                if current is hub:
-                    waiter.switch(None)  # straight into the waiting greenlet
-                elif hub.thread_ident == _get_ident():
+                if hub.thread_ident == _get_ident():
                     hub.loop.run_callback(waiter.switch, None)
                 else:
                     hub.loop.run_callback_threadsafe(waiter.switch, None)

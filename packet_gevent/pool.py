@@ -26,8 +26,8 @@ How it runs (the layers: :mod:`.tasks` what a task is and how it travels,
   batch moves it halfway at once): a long task arriving among tiny ones can
   hold up to ~2 ms of estimated work queued behind it on its process.
 * Outcomes come back in batches and complete the futures in the hub: done
-  callbacks run there and must not block; a waiting greenlet is switched
-  to directly.
+  callbacks run there and must not block; waiting greenlets resume right
+  after, once the pool's bookkeeping for the batch is done.
 
 Differences from gevent's ThreadPool: ``map`` is the Executor's (an
 iterator, all tasks submitted at once; ``list(pool.map(...))`` for a list),
