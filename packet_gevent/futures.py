@@ -29,7 +29,7 @@ import threading
 import time
 from concurrent.futures._base import (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING,
                                       RUNNING, CancelledError, InvalidStateError)
-from typing import Any, Callable, Iterable, Iterator, List, NamedTuple, Optional, Set
+from typing import Any, Callable, Iterable, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 import gevent
 import gevent.event
@@ -71,7 +71,7 @@ class Future(concurrent.futures.Future):
     """
 
     _greenlet_waiters: Optional[List[Waiter]] = None
-    _links: Optional[List[Callable[[Any], Any]]] = None
+    _links: Optional[List[Tuple[Any, Callable[[Any], Any]]]] = None
     _cond: Optional[threading.Condition] = None      # the stdlib's, made on first use
     _waiter_list: Optional[list] = None
     _callbacks: Optional[List[Callable[[Any], Any]]] = None
@@ -248,13 +248,19 @@ class Future(concurrent.futures.Future):
                 else:
                     hub.loop.run_callback_threadsafe(waiter.switch, None)
         links = self._links
-        if links:
+        if links:  # like gevent's own objects: from a callback in the hub that linked
             self._links = None
-            for link in links:
-                try:
-                    link(self)
-                except Exception:
-                    logger.exception("rawlink callback %r of %r raised", link, self)
+            for hub, link in links:
+                if hub.thread_ident == _get_ident():
+                    hub.loop.run_callback(self._run_link, link)
+                else:
+                    hub.loop.run_callback_threadsafe(self._run_link, link)
+
+    def _run_link(self, link: Callable[[Any], Any]) -> None:
+        try:
+            link(self)
+        except Exception:
+            logger.exception("rawlink callback %r of %r raised", link, self)
 
     def add_done_callback(self, fn: Callable[[Any], Any]) -> None:
         """Call ``fn(self)`` when done (now, if done); in the hub when a pool completes it."""
@@ -337,14 +343,11 @@ class Future(concurrent.futures.Future):
             return
         if self._links is None:
             self._links = []
-        self._links.append(callback)
+        self._links.append((gevent.get_hub(), callback))
 
     def unlink(self, callback: Callable[[Any], Any]) -> None:
         if self._links:
-            try:
-                self._links.remove(callback)
-            except ValueError:
-                pass
+            self._links = [(hub, link) for hub, link in self._links if link != callback]
 
 
 class TaskResult:

@@ -784,10 +784,14 @@ def defer_to_connection(reactor: Any, conn: Any, fn: Callable[..., Any], args: t
     (``data`` the result) or "error" (``error`` the message, ``exception``,
     ``traceback``).  Dropped (debug log) if the connection has gone.
     """
-    future = reactor.pool.submit(fn, *args, **kwargs)
+    pool = reactor.pool
+    future = pool.submit(fn, *args, **kwargs)
     receiver = callback if callback is not None else conn.worker_receive
-    future.add_done_callback(functools.partial(
-        _deliver_deferred, reactor, conn.signature, fn, receiver, callback is not None))
+    deliver = functools.partial(_deliver_deferred, reactor, conn.signature, fn, receiver,
+                                callback is not None)
+    # From a hub callback: delivery may switch into the connection's greenlet,
+    # which must not happen in the middle of the pool's bookkeeping.
+    future.add_done_callback(lambda done: pool._loop.run_callback(deliver, done))
     return future
 
 
