@@ -268,9 +268,10 @@ class _Inbox:
 
     The channel's read watcher ``put``s (in the hub) every message one read
     brings; the first schedules one loop callback that switches into the
-    greenlet waiting in ``get``.  Measured (``python -m packet_gevent.workers``,
-    20,000 requests in flight): ~1 us less per request than a
-    ``channel.recv()`` per message.
+    greenlet waiting in ``get``.  No waiter, no watcher start/stop per
+    message: 0.3 us less worker CPU per request than a ``channel.recv()``
+    per message (8.6 vs 8.9 us for both ends of a socketpair in one process,
+    50,000 requests, 3 runs).
     """
 
     __slots__ = ("items", "hub", "owner", "waiting", "wake_pending")
