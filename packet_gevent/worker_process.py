@@ -77,10 +77,6 @@ class WorkerProcess:
         return f"<WorkerProcess {self.group.label} pid={self.pid} inflight={len(self.inflight)}>"
 
     # ---------------------------------------------------------------- control
-    def send(self, obj: Any) -> None:
-        """Queue a message for the worker (Channel.send: SerializationError, ChannelClosed...)."""
-        self.channel.send(obj)
-
     def stop(self, grace: float, why: str) -> None:
         """Send STOP (queued after the requests it has); SIGKILL after ``grace`` seconds."""
         self.stopping = True
