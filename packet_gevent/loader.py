@@ -75,10 +75,11 @@ def find_proxy_class(cls: type, modules: Iterable[Optional[types.ModuleType]] = 
     Pimp subclass defined so far.
     """
     search = [m for m in (*modules, sys.modules.get(cls.__module__)) if m is not None]
+    name, proxy = getattr(cls, "worker_name", cls.__name__), getattr(cls, "worker_proxy", None)
     try:
-        return find_pimp_class(cls.worker_proxy, search)  # type: ignore[attr-defined]
+        return find_pimp_class(proxy, search)
     except (LookupError, TypeError) as exc:
-        raise WorkerLoadError(f"worker {cls.worker_name!r}: {exc}") from None  # type: ignore[attr-defined]
+        raise WorkerLoadError(f"worker {name!r}: {exc}") from None
 
 
 def _camel(stem: str) -> str:

@@ -2,8 +2,8 @@
 
 Every running worker has one proxy in the master.  Each dict the worker sends
 goes to ``proxy.receive_data(obj)``, called in order, in the proxy's own
-long-lived greenlet (never in the hub, so a proxy may block cooperatively).  The default, :class:`MetaPimp`,
-routes by ``obj["type"]``:
+long-lived greenlet (never in the hub, so a proxy may block cooperatively).
+The default, :class:`MetaPimp`, routes by ``obj["type"]``:
 
 ==============  ============================================================
 ``response``    to whoever asked: the ``callback`` given to ``ask_worker``,

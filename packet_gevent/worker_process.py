@@ -178,4 +178,5 @@ def _describe_exit(child: Any) -> str:
     describe = getattr(child, "describe_exit", None)
     if describe is not None:
         return describe()
-    return f"exited (exitcode={getattr(child, 'exitcode', None)}, signal={getattr(child, 'signal', None)})"
+    exitcode, signal = getattr(child, "exitcode", None), getattr(child, "signal", None)
+    return f"exited (exitcode={exitcode}, signal={signal})"
