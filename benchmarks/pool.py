@@ -425,8 +425,11 @@ def plot(medians: Dict[str, Dict[str, float]], peers: List[str], path: str, titl
         if values and min(values) > 0 and max(values) / min(values) > 30:
             ax.set_yscale("log")
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
-        for bar, value in zip(bars, values):
-            ax.annotate(_fmt(value), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+        for name, bar, value in zip(names, bars, values):
+            label = _fmt(value)
+            if key == "big_mib_s_each_way" and name == "threadpool":
+                label += "\n(same process: no copy)"
+            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=7)
         if key == "busy_lateness_p99_ms" and "ours" in medians:
             floor = medians["ours"].get("idle_lateness_p99_ms")
@@ -453,6 +456,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--rtts", type=int, default=2_000)
     parser.add_argument("--cpu-seconds", type=float, default=0.25,
                         help="length of each of the 8 CPU tasks (default: %(default)s)")
+    parser.add_argument("--from-json", help="print and plot the results saved in this file; run nothing")
     parser.add_argument("--run", help=argparse.SUPPRESS)      # one peer, in this process
     parser.add_argument("--spin", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -463,12 +467,21 @@ def main(argv: Optional[List[str]] = None) -> int:
             result = measure_pool(args.run, args.tiny, args.rtts, args.spin)
         print(json.dumps(result))
         return 0
+    if args.from_json:
+        with open(args.from_json) as fh:
+            saved = json.load(fh)
+        peers = [p for p in POOLS + CEILINGS if p in saved["medians"]]
+        print_table(saved["medians"], peers)
+        if args.plot:
+            plot(saved["medians"], peers, args.plot, _title(saved["meta"]))
+        return 0
     if args.quick:
         args.repeat, args.tiny, args.rtts = 1, 2_000, 200
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     for peer in peers:
         if peer not in POOLS + CEILINGS:
             parser.error(f"unknown peer {peer!r}; choose from {', '.join(POOLS + CEILINGS)}")
+    load_before = os.getloadavg()
     spin_n = calibrate_spin(args.cpu_seconds)
     sequential = min(_timed(spin, spin_n) for _ in range(3)) * 8
     print(f"calibrated: spin({spin_n}) ~ {sequential / 8:.3f} s; 8 in a row {sequential:.2f} s")
@@ -483,10 +496,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     medians = summarize(runs, peers)
     print()
     print(f"medians of {args.repeat} run(s), {SIZE} workers each; "
-          f"load average before: {os.getloadavg()[0]:.2f}")
+          f"load average before: {load_before[0]:.2f}, after: {os.getloadavg()[0]:.2f}")
     print_table(medians, peers)
     import gevent
-    meta = {"python": platform.python_version(), "gevent": gevent.__version__,
+    meta = {"loadavg_before": load_before, "python": platform.python_version(), "gevent": gevent.__version__,
             "machine": platform.machine(), "cpus": os.cpu_count(),
             "loadavg": os.getloadavg(), "repeat": args.repeat, "tiny": args.tiny,
             "rtts": args.rtts, "spin_n": spin_n, "sequential_cpu_s": sequential}
@@ -495,11 +508,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         with open(args.json, "w") as fh:
             json.dump({"meta": meta, "medians": medians, "runs": runs}, fh, indent=1)
     if args.plot:
-        plot(medians, peers, args.plot,
-             f"Pools with {SIZE} workers, Python {meta['python']}, gevent {meta['gevent']}, "
-             f"{meta['cpus']} CPUs; medians of {args.repeat} run(s)")
+        plot(medians, peers, args.plot, _title(meta))
         print(f"plot saved to {os.path.relpath(args.plot, ROOT)}")
     return 1 if any("error" in r for r in runs) else 0
+
+
+def _title(meta: Dict[str, Any]) -> str:
+    load = meta.get("loadavg_before", meta["loadavg"])[0]
+    return (f"Pools with {SIZE} workers, Python {meta['python']}, gevent {meta['gevent']}, "
+            f"{meta['cpus']} CPUs (shared machine, load average {load:.1f}); "
+            f"medians of {meta['repeat']} run(s)")
 
 
 def _timed(fn: Callable[..., Any], *args: Any) -> float:

@@ -122,7 +122,6 @@ def test_shutdown_waits_for_queued_tasks_and_cancel_futures_drops_them():
     first = p.submit(nap, 0.3, "first")
     wait_for(lambda: first.running(), message="the first task to be sent")
     later = p.schedule(inc, (1,))
-    gevent.sleep(0.05)
     p.shutdown(wait=True, cancel_futures=True)
     assert first.result(0) == "first"
     assert later.cancelled() or later.result(0) == 2  # cancelled unless already sent

@@ -62,6 +62,23 @@ def nap_then_pid(seconds):
     return os.getpid()
 
 
+def signal_then_nap(started_path, seconds):
+    """Create ``started_path`` (the test waits for it), then sleep."""
+    with open(started_path, "w"):
+        pass
+    time.sleep(seconds)
+
+
+def wait_for_file(path, value, limit=10.0):
+    """Block (bounded) until ``path`` exists; return ``value``."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.002)
+    return value
+
+
 def touch(path):
     with open(path, "a") as fh:
         fh.write("ran\n")
@@ -212,13 +229,13 @@ def test_per_call_timeout_counts_running_time_not_time_in_queue():
         assert p.apply(inc, (1,), timeout=1) == 2
 
 
-def test_cancel_a_running_task_kills_its_process_and_others_survive():
+def test_cancel_a_running_task_kills_its_process_and_others_survive(tmp_path):
+    started = tmp_path / "started"
     with ForkPool(2) as p:
         pids_before = set(p.submit(pid_of).result(timeout=10) for _ in range(10)) | set(p.pids())
-        running = p.submit(nap_then_pid, 5)
+        running = p.submit(signal_then_nap, str(started), 5)
         others = [p.submit(nap, 0.2, i) for i in range(4)]
-        wait_for(lambda: running.running(), message="the task to be sent")
-        gevent.sleep(0.1)  # it has started
+        wait_for(started.exists, message="the task to start")
         assert running.cancel() is True
         assert running.cancelled()
         with pytest.raises(concurrent.futures.CancelledError):
@@ -272,25 +289,27 @@ def test_a_process_killed_from_outside_while_idle_is_replaced(pool):
 
 # -- bounded submit, recycling, initializer ----------------------------------------------------------
 
-def test_max_pending_makes_submit_wait_cooperatively():
+def test_max_pending_makes_submit_wait_cooperatively(tmp_path):
+    release = tmp_path / "release"
     with ForkPool(2, max_pending=2) as p:
         p.submit(inc, 0).result(timeout=10)
         submitted = []
 
         def submitter():
             for i in range(4):
-                submitted.append(p.submit(nap, 0.2, i))
+                submitted.append(p.submit(wait_for_file, str(release), i))
 
         ticks = []
         ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.005)) for _ in range(40)])
         g = gevent.spawn(submitter)
-        gevent.sleep(0.1)
-        assert len(submitted) == 2 and len(p) == 2  # the third submit waits
+        wait_for(lambda: len(submitted) == 2, message="two submits")
+        ticker.join(timeout=10)  # 0.2 s of hub life while the third submit waits
+        assert len(ticks) == 40  # the hub ran on
+        assert len(submitted) == 2 and len(p) == 2 and not g.dead
+        release.touch()
         g.join(timeout=10)
         assert len(submitted) == 4
         assert [f.result(timeout=10) for f in submitted] == [0, 1, 2, 3]
-        ticker.join(timeout=10)
-        assert len(ticks) == 40  # the hub ran on while submit waited
         # submits from the hub or another thread do not wait, nor give back a slot they never took
         hub_submitted = []
         gevent.get_hub().loop.run_callback(lambda: hub_submitted.append(p.submit(inc, 1)))

@@ -12,7 +12,7 @@ import concurrent.futures, os, signal, time, threading
 import gevent
 from packet_gevent import ForkPool, TaskTimeout, WorkerCrashed
 from tests.test_pool import inc, nap, pid_of, add
-from tests.test_pool_faults import kill_self, exit_with, raise_custom, CustomError
+from tests.test_pool_faults import kill_self, exit_with, raise_custom, CustomError, signal_then_nap
 
 def alive(pid):
     try:
@@ -98,11 +98,12 @@ with ForkPool(2, task_timeout=5) as pool:
     except TaskTimeout:
         pass
 
-    running = pool.submit(nap, 5)
+    import tempfile
+    started = os.path.join(tempfile.mkdtemp(), "started")
+    running = pool.submit(signal_then_nap, started, 5)
     deadline = time.monotonic() + 5
-    while not running.running() and time.monotonic() < deadline:
-        gevent.sleep(0.01)
-    gevent.sleep(0.1)
+    while not os.path.exists(started) and time.monotonic() < deadline:
+        gevent.sleep(0.005)
     assert running.cancel() and running.cancelled()
 
     try:

@@ -97,7 +97,7 @@ def test_future_works_with_stdlib_wait_from_a_thread_and_is_cheap():
     thread = threading.Thread(target=lambda: results.append(
         concurrent.futures.wait(futures, timeout=10, return_when=concurrent.futures.ALL_COMPLETED)))
     thread.start()
-    gevent.sleep(0.05)
+    gevent.sleep(0.05)  # not needed for correctness: lets the thread install its waiter first
     futures[0].set_result(1)
     futures[1].set_exception(KeyError("k"))
     assert futures[2].cancel()
