@@ -8,7 +8,7 @@ import gevent
 import gevent.event
 import pytest
 
-from packet_gevent import ForkPool, PoolClosed
+from packet_gevent import ForkPool, PoolClosed, WorkerCrashed
 from packet_gevent.futures import Future, TaskResult, as_completed, wait
 from tests.conftest import wait_for
 
@@ -333,3 +333,22 @@ def test_constructor_rejects_bad_settings():
         ForkPool(1, max_tasks_per_child=0)
     with pytest.raises(ValueError, match="serializer"):
         ForkPool(1, serializer="json")
+
+
+def test_no_file_descriptor_leaks_across_pools():
+    from tests.test_pool_faults import kill_self
+
+    def open_fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    with ForkPool(2) as warm:  # first use may open lasting descriptors (hub, resolver...)
+        warm.submit(inc, 1).result(timeout=10)
+    before = open_fds()
+    for _ in range(5):
+        with ForkPool(2, max_tasks_per_child=3) as p:
+            assert list(p.map(inc, range(10))) == list(range(1, 11))
+            with pytest.raises(WorkerCrashed):
+                p.submit(kill_self).result(timeout=10)
+            pids = p.pids()
+        assert_gone(pids)
+    wait_for(lambda: open_fds() <= before, message=f"descriptors back to {before}")
