@@ -426,7 +426,8 @@ class Reactor(TimerMethods):
         if self._workers is not None:
             self._workers.stop(remaining)
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            remaining = max(0.5, deadline - self.hub.loop.now())
+            self._pool.shutdown(wait=True, cancel_futures=True, timeout=remaining)
         self._stopped.set()
 
     def _drain(self, deadline: float) -> None:
