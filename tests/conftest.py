@@ -70,3 +70,30 @@ def run_script(code, timeout=30.0, env=None):
         full_env.update(env)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def alive(pid):
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def assert_gone(pids, timeout=5.0):
+    wait_for(lambda: not any(alive(pid) for pid in pids), timeout,
+             f"pool processes {pids} to exit")
+
+
+@pytest.fixture
+def pool():
+    """A ForkPool of 2; at teardown it is shut down and its processes must be gone."""
+    from packet_gevent import ForkPool
+    p = ForkPool(2)
+    try:
+        yield p
+    finally:
+        pids = p.pids()
+        p.shutdown(wait=True, timeout=5)
+        assert_gone(pids)

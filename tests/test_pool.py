@@ -10,7 +10,7 @@ import pytest
 
 from packet_gevent import ForkPool, PoolClosed, WorkerCrashed
 from packet_gevent.futures import Future, TaskResult, as_completed, wait
-from tests.conftest import wait_for
+from tests.conftest import alive, assert_gone, wait_for
 
 
 # -- tasks (module level: they travel by reference) ------------------------------------
@@ -49,28 +49,6 @@ def submit_inside():
 
 # -- fixtures ------------------------------------------------------------------------------
 
-@pytest.fixture
-def pool():
-    p = ForkPool(2)
-    try:
-        yield p
-    finally:
-        pids = p.pids()
-        p.shutdown(wait=True, timeout=5)
-        assert_gone(pids)
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def assert_gone(pids, timeout=5.0):
-    wait_for(lambda: not any(alive(pid) for pid in pids), timeout,
-             f"pool processes {pids} to exit")
 
 
 # -- Executor API ---------------------------------------------------------------------------

@@ -99,5 +99,5 @@ def test_reactor_stop_shuts_the_pool_down():
         assert len(pids) == 2
     finally:
         reactor.stop(timeout=2.0)
-    from tests.test_pool import assert_gone
+    from tests.conftest import assert_gone
     assert_gone(pids)

@@ -17,8 +17,8 @@ import pytest
 from packet_gevent import (ForkPool, PoolBroken, SerializationError, TaskTimeout, WorkerCrashed,
                            WorkerError)
 from packet_gevent.tasks import RemoteTraceback
-from tests.conftest import run_script, wait_for
-from tests.test_pool import alive, assert_gone, inc, nap, pid_of
+from tests.conftest import alive, assert_gone, run_script, wait_for
+from tests.test_pool import inc, nap, pid_of
 
 
 # -- tasks ------------------------------------------------------------------------------------
@@ -100,15 +100,6 @@ def bad_initializer():
     raise RuntimeError("initializer exploded")
 
 
-@pytest.fixture
-def pool():
-    p = ForkPool(2)
-    try:
-        yield p
-    finally:
-        pids = p.pids()
-        p.shutdown(wait=True, timeout=5)
-        assert_gone(pids)
 
 
 def settle(futures, timeout=20):
