@@ -612,33 +612,31 @@ class Channel:
         sock, inbound, decoder = self._sock, self._inbound, self._inbound.decoder
         budget = READ_BUDGET
         while budget > 0:
-            view = decoder.payload_buffer_remaining()
+            # Big payloads are received straight into the bytes object the
+            # decoder hands out; the view is released before commit() so that
+            # object goes out without a copy (see FrameDecoder.commit).
+            view = (decoder.payload_buffer_remaining()
+                    if decoder.payload_missing >= DIRECT_RECV_MIN else None)
             try:
-                if view is not None and len(view) >= DIRECT_RECV_MIN:
-                    n = sock.recv_into(view)
-                    frames = decoder.commit(n) if n else None
-                else:
-                    n = sock.recv_into(self._rbuf)
-                    frames = decoder.feed(self._rview[:n]) if n else None
+                n = sock.recv_into(self._rbuf if view is None else view)
             except BlockingIOError:
                 return False
             except _CUT_SHORT:
                 n = 0
             finally:
-                del view
+                if view is not None:
+                    view.release()
             if not n:
                 inbound.eof()
                 return True
+            frames = decoder.feed(self._rview[:n]) if view is None else decoder.commit(n)
             if frames:
                 inbound.take(frames, self._inbox)
-            if n < READ_SIZE:
+            if n < READ_SIZE and decoder.payload_missing < DIRECT_RECV_MIN:
                 # A short read drained the socket: skip the EAGAIN syscall, and
                 # hand over what was decoded (the peer may be writing more
                 # already) unless a big payload is mid-way: read it on.
-                rest = decoder.payload_buffer_remaining()
-                if rest is None or len(rest) < DIRECT_RECV_MIN:
-                    return False
-                del rest
+                return False
             budget -= n
         return False
 
@@ -760,22 +758,23 @@ class BlockingChannel:
         if self._eof:
             raise EOFError("the other process closed the channel")
         decoder = self._inbound.decoder
-        view = decoder.payload_buffer_remaining()
+        view = (decoder.payload_buffer_remaining()
+                if decoder.payload_missing >= DIRECT_RECV_MIN else None)
         try:
-            if view is not None and len(view) >= DIRECT_RECV_MIN:
-                n = sock.recv_into(view, 0, socket.MSG_WAITALL)
-                frames = decoder.commit(n) if n else None
-            else:
+            if view is None:
                 n = sock.recv_into(self._rbuf)
-                frames = decoder.feed(self._rview[:n]) if n else None
+            else:  # the whole rest of a big payload, into the bytes handed out
+                n = sock.recv_into(view, 0, socket.MSG_WAITALL)
         except _CUT_SHORT:
-            n, frames = 0, None
+            n = 0
         finally:
-            del view
+            if view is not None:
+                view.release()  # before commit(): hands the payload out uncopied
         if not n:
             self._eof = True
             self._inbound.eof()
             raise EOFError("the other process closed the channel")
+        frames = decoder.feed(self._rview[:n]) if view is None else decoder.commit(n)
         if frames:
             self._inbound.take(frames, self._inbox)
 

@@ -31,6 +31,7 @@ Measured with ``python -m packet_gevent.framing`` (:func:`_measure`; Python
 """
 from __future__ import annotations
 
+import io
 import logging
 from typing import Callable, Iterable, List, Optional, Union, overload
 
@@ -139,8 +140,8 @@ class FrameDecoder:
                 f"(the 9-digit header limit), got {max_frame_size!r}")
         self.max_frame_size = max_frame_size
         self._head = bytearray()                  # partial header (< 9 bytes)
-        self._payload: Optional[bytearray] = None  # preallocated partial payload
-        self._view: Optional[memoryview] = None    # memoryview of _payload
+        self._payload: Optional[io.BytesIO] = None  # owns the partial payload's bytes
+        self._view: Optional[memoryview] = None     # writable view of those bytes
         self._filled = 0                           # bytes of _payload received
         self._error: Optional[str] = None
 
@@ -154,6 +155,13 @@ class FrameDecoder:
     def in_frame(self) -> bool:
         """True when the bytes fed so far end inside a frame."""
         return bool(self._head) or self._payload is not None
+
+    @property
+    def payload_missing(self) -> int:
+        """Bytes the current frame's payload still lacks (0 when not inside a payload)."""
+        if self._view is None:
+            return 0
+        return len(self._view) - self._filled
 
     @property
     def failed(self) -> bool:
@@ -215,8 +223,18 @@ class FrameDecoder:
         return used
 
     def _start_payload(self, length: int) -> None:
-        self._payload = bytearray(length)
-        self._view = memoryview(self._payload)
+        # The payload is received straight into the ``bytes`` object that will
+        # be handed out: ``BytesIO(bytes(n))`` adopts that (sole-owned) bytes
+        # object as its buffer, ``getbuffer()`` is a writable view of it, and
+        # once every view is released ``getvalue()`` returns that very object
+        # (CPython; anywhere else, or while a caller still holds a view, it
+        # returns a copy: correct, one copy slower).  ``bytes(n)`` is calloc'd,
+        # so no page is touched before the data lands in it.  Nothing can
+        # write into the object after it is handed out: the only writable
+        # path is a view of the BytesIO, getvalue() shares only when no view
+        # is alive, and the BytesIO is dropped right after.
+        self._payload = io.BytesIO(bytes(length))
+        self._view = self._payload.getbuffer()
         self._filled = 0
 
     def _fill_payload(self, data: BytesLike, pos: int, frames: List[bytes]) -> int:
@@ -232,7 +250,7 @@ class FrameDecoder:
         assert self._view is not None and self._payload is not None
         if self._filled == len(self._view):
             self._view.release()
-            frames.append(bytes(self._payload))
+            frames.append(self._payload.getvalue())
             self._payload = self._view = None
             self._filled = 0
 
@@ -242,8 +260,11 @@ class FrameDecoder:
 
         Not None only between a header and the end of its payload (after a
         ``feed`` that ended inside a payload).  A reader may then
-        ``n = sock.recv_into(view)`` and call :meth:`commit(n) <commit>`,
-        saving one copy for big frames.  Drop the view before the next feed.
+        ``n = sock.recv_into(view)``, ``view.release()`` and call
+        :meth:`commit(n) <commit>`: the kernel writes straight into the
+        ``bytes`` object that ``commit`` hands out, no copy at all.  A view
+        still alive when the frame completes costs one copy of the payload
+        (the decoder must then hand out a copy: the view could still write).
         """
         if self._error is not None or self._view is None:
             return None
@@ -280,7 +301,8 @@ class FrameDecoder:
                 f"{HEADER_SIZE} header bytes ({_show(self._head)}); the peer closed "
                 f"or crashed mid-message")
         if self._payload is not None:
-            got, want = self._filled, len(self._payload)
+            assert self._view is not None
+            got, want = self._filled, len(self._view)
             self._error = f"stream ended inside a payload after {got} of {want} bytes"
             raise FrameError(
                 f"the frame was cut short: the stream ended after {got} of {want} "
