@@ -5,6 +5,8 @@ import json
 import os
 import pickle
 import socket
+import threading
+import tracemalloc
 
 import gevent
 import gevent.event
@@ -123,6 +125,79 @@ def test_pending_bytes_and_flush():
     assert channel.recv(timeout=h.TIMEOUT) == data
     channel.close()
     h.wait_child(child)
+
+
+@pytest.mark.parametrize("kind", [Channel, BlockingChannel])
+def test_a_big_payload_is_received_into_the_object_handed_out(kind):
+    # The decoder's buffer *is* the bytes object recv() returns: one 4 MiB
+    # allocation in the receiver, where a copy out of a bytearray took two.
+    size = 4 * 1024 * 1024
+    chunks, _ = _Encoder(1 << 30, None).encode(bytes(range(256)) * (size // 256))
+    wire = b"".join(bytes(chunk) for chunk in chunks)
+    mine, peer = socket.socketpair(socket.AF_UNIX)
+    channel = kind(mine)
+    sender = threading.Thread(target=peer.sendall, args=(wire,), daemon=True)
+    tracemalloc.start()
+    try:
+        sender.start()  # a real thread: the receiver below may block the hub
+        back = channel.recv()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        sender.join(h.TIMEOUT)
+        channel.close()
+        peer.close()
+    assert type(back) is bytes and back == bytes(range(256)) * (size // 256)
+    assert peak < size * 3 // 2, f"the payload was copied on receipt (peak {peak} bytes)"
+
+
+class _BusyPeer:
+    """The channel's socket, with a peer that writes more after each read of ours.
+
+    Stands for a peer that keeps writing while we decode: deterministic,
+    where a real busy child would make the test depend on timing.
+    """
+
+    def __init__(self, sock, peer, more):
+        self._sock, self._peer, self._more = sock, peer, list(more)
+        self.reads = 0
+
+    def recv_into(self, *args):
+        n = self._sock.recv_into(*args)
+        self.reads += 1
+        if self._more:
+            self._peer.sendall(self._more.pop(0))
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+@pytest.mark.parametrize("how", ["start", "recv"])
+def test_a_short_read_hands_over_its_messages_even_with_a_small_frame_cut_off(how):
+    # Before: a short read that ended inside a small frame read on, so a peer
+    # writing while we decoded kept us reading (up to READ_BUDGET) before
+    # anything was handed over.
+    mine, peer = socket.socketpair(socket.AF_UNIX)
+    channel = Channel(mine)
+    first, second, third = (encode_frame(pickle.dumps(word * 50, 5)) for word in "abc")
+    busy = _BusyPeer(channel._sock, peer, more=[second[40:] + third])
+    channel._sock = busy
+    peer.sendall(first + second[:40])  # one whole message, then a cut small frame
+    try:
+        if how == "start":
+            got = Collector(expect=3)
+            delivered = []
+            channel.start(lambda obj: (delivered.append((obj, busy.reads)), got.on_message(obj)),
+                          got.on_close)
+            assert got.enough.wait(h.TIMEOUT)
+        else:
+            delivered = [(channel.recv(timeout=h.TIMEOUT), busy.reads) for _ in range(3)]
+        assert [obj for obj, _ in delivered] == ["a" * 50, "b" * 50, "c" * 50]
+        assert delivered[0][1] == 1, "the first message waited for a second read"
+    finally:
+        channel.close()
+        peer.close()
 
 
 # -- serialization errors ------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Tests for packet_gevent.framing: Packet's BinParser cases, limits, EOF, properties."""
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -259,6 +261,56 @@ def test_commit_checks_its_argument():
     assert d.commit(0) == []
     d.payload_buffer_remaining()[:3] = b"cde"
     assert d.commit(3) == [b"abcde"]
+
+
+def test_payload_missing_counts_what_the_current_payload_lacks():
+    d = FrameDecoder()
+    assert d.payload_missing == 0
+    d.feed(b"0000000")
+    assert d.payload_missing == 0  # inside the header, not the payload yet
+    d.feed(b"10abc")
+    assert d.payload_missing == 7
+    assert d.commit(0) == [] and d.payload_missing == 7
+    d.feed(b"defghij000")
+    assert d.payload_missing == 0 and d.in_frame
+
+
+def _received_into(d: FrameDecoder, payload: bytes, *, keep_view: bool):
+    """Deliver ``payload`` (header already fed) through payload_buffer_remaining/commit."""
+    view = d.payload_buffer_remaining()
+    view[:] = payload
+    if not keep_view:
+        view.release()
+    frames = d.commit(len(payload))
+    return frames, view
+
+
+def test_a_payload_received_into_the_buffer_is_handed_out_without_a_copy():
+    size = 4 * 1024 * 1024
+    payload = bytes(range(256)) * (size // 256)
+    d = FrameDecoder()
+    d.feed(frame_header(size))
+    tracemalloc.start()
+    try:
+        frames, _ = _received_into(d, payload, keep_view=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert frames == [payload] and type(frames[0]) is bytes
+    # The payload's bytes object was allocated before tracing; a copy would
+    # allocate another 4 MiB.
+    assert peak < size // 4, f"the payload was copied on the way out (peak {peak} bytes)"
+
+
+def test_a_view_still_alive_at_commit_cannot_change_the_frame_handed_out():
+    d = FrameDecoder()
+    d.feed(frame_header(100_000))
+    payload = b"p" * 100_000
+    frames, view = _received_into(d, payload, keep_view=True)
+    view[:5] = b"XXXXX"  # the stale view writes into the decoder's old buffer only
+    view.release()
+    assert frames == [payload]
+    assert d.feed(encode_frame(b"next")) == [b"next"]
 
 
 def test_big_frame_in_64k_chunks():
