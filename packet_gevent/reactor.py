@@ -168,9 +168,18 @@ class Reactor(TimerMethods):
             self.servers.remove(server)
 
     def _start_connection(self, server: Server, sock: Any, address: Any) -> None:  # in the hub
-        conn = server.handler_class()
+        try:
+            conn = server.handler_class()
+            transport = conn._pg_setup(self, server.on_instance, **server.connection_options)
+        except Exception:
+            # No connection exists to unbind: close the socket and give the
+            # max_connections slot back, or the server would fill up for good.
+            logger.exception("could not set up a %s for the connection from %r; closing it",
+                             server.handler_class.__name__, address)
+            sock.close()
+            server._connection_ended()
+            return
         conn._pg_server = server
-        transport = conn._pg_setup(self, server.on_instance, **server.connection_options)
         transport.peername = address if address else None
         self.connections[conn.signature] = conn
         if server.ssl_context is None:
@@ -284,8 +293,11 @@ class Reactor(TimerMethods):
         for hook in self._after_connection:
             hook(conn, sock)
 
-    def _connection_ended(self, conn: Connection) -> None:
-        self.connections.pop(conn.signature, None)
+    def _connection_ended(self, conn: Connection, signature: Optional[int] = None) -> None:
+        if signature is None:
+            signature = conn.signature
+        if self.connections.get(signature) is conn:
+            del self.connections[signature]
         server = getattr(conn, "_pg_server", None)
         if server is not None:
             conn._pg_server = None
@@ -401,15 +413,17 @@ class Reactor(TimerMethods):
         the pool (terminate, then kill after the grace period).  Safe to call
         twice; returns when everything is down.
         """
+        current = greenlet.getcurrent()
+        if current is self.hub or any(c._transport.greenlet is current
+                                      for c in self.connections.values()):
+            # Called from a connection callback (or a run_in_hub one, in the
+            # hub, which cannot wait): stop from another greenlet so this
+            # callback can return, and never wait for ourselves.
+            if not self._stopping:
+                gevent.spawn(self.stop, timeout)
+            return
         if self._stopping:
             self._stopped.wait()
-            return
-        current = greenlet.getcurrent()
-        own = next((c for c in self.connections.values() if c._transport.greenlet is current), None)
-        if own is not None:
-            # Called from a connection callback: stop from another greenlet so
-            # this callback can return, and do not wait for ourselves.
-            gevent.spawn(self.stop, timeout)
             return
         self._stopping = True
         grace = self.stop_grace if timeout is None else timeout
@@ -445,11 +459,20 @@ class Reactor(TimerMethods):
         end = self.hub.loop.now() + timeout
         while self.connections and self.hub.loop.now() < end:
             gevent.sleep(0.005)
-        for conn in list(self.connections.values()):
+        doomed = []
+        left = list(self.connections.values())
+        for conn in left:
             glet = conn._transport.greenlet
             if glet is not None and glet and not glet.dead:
                 logger.warning("killing %r: a callback is still blocked after the grace period", conn)
-                glet.throw(greenlet.GreenletExit)
+                # Thrown from the hub: a greenlet that dies returns to its parent
+                # (the hub), so throwing from here would never come back to us.
+                self.hub.loop.run_callback(glet.throw, greenlet.GreenletExit)
+                doomed.append(glet)
+        end = self.hub.loop.now() + 1.0
+        while any(not glet.dead for glet in doomed) and self.hub.loop.now() < end:
+            gevent.sleep(0.005)
+        for conn in left:
             self.connections.pop(conn.signature, None)
 
     def __enter__(self) -> "Reactor":

@@ -76,7 +76,11 @@ class Timer:
             self.skipped += 1
             return
         self._running = True
-        self._dispatch(self._run, ())
+        if self._dispatch(self._run, ()) is False:
+            # Its connection has ended (e.g. a timer added in unbind): it would
+            # never run again, so stop it instead of ticking forever.
+            self._running = False
+            self.cancel()
 
     def _run(self) -> None:  # runs in a greenlet chosen by dispatch
         self.fired += 1

@@ -207,12 +207,15 @@ class Transport:
     def _run_unbind(self) -> None:
         self.unbind_done = True
         self.mailbox.clear()
+        # Taken before unbind: an unbind that reconnects gives the handler a new
+        # signature, which must stay registered.
+        signature = self.conn.signature
         try:
             self.conn._call_unbind(self.reason)
         except Exception:
             logger.exception("unbind of %r raised", self.conn)
         finally:
-            self.reactor._connection_ended(self.conn)
+            self.reactor._connection_ended(self.conn, signature)
 
     def post(self, fn: Callable[..., Any], args: tuple = ()) -> bool:
         """Run ``fn(*args)`` in the connection's greenlet, after what is queued.
@@ -418,7 +421,7 @@ class Transport:
         if self.writing_paused and self.out_size <= self.low_water:
             self.writing_paused = False
             self.post(self.conn.resume_writing)
-        if self.close_after_writing and not self.outbuf:
+        if self.close_after_writing and not self.outbuf and not self.out_size:
             self._close(None)
 
     def _tls_writer(self) -> None:
@@ -444,7 +447,9 @@ class Transport:
             return
         self.close_after_writing = True
         self.direct_send = False
-        if not self.outbuf:
+        # out_size, not outbuf: the TLS writer pops a chunk before its sendall
+        # and counts it as sent only after; closing then would cut that chunk.
+        if not self.out_size:
             self._close(None)
 
     # ------------------------------------------------------------- closing

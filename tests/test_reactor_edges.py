@@ -1,0 +1,201 @@
+"""Adversarial edge cases of the reactor layer: races between the hub and a
+connection's greenlet, stop/close/reconnect orderings, timers after close,
+slot accounting under max_connections, TLS close after writing."""
+import gevent
+import gevent.event
+import pytest
+
+from packet_gevent import Connection, Reactor
+from tests.conftest import client, recv_exactly, recv_until_closed, wait_for
+
+
+def test_stop_returns_when_it_has_to_kill_a_blocked_callback():
+    # A callback blocked past the grace is killed with GreenletExit; the
+    # greenlet that called stop() must still get control back.
+    started = gevent.event.Event()
+    unbound = gevent.event.Event()
+
+    class Stuck(Connection):
+        def receive_data(self, data):
+            started.set()
+            gevent.sleep(60)
+
+        def unbind(self, reason=None):
+            unbound.set()
+
+    r = Reactor(stop_grace=0.1)
+    r.start()
+    server = r.start_server("127.0.0.1", 0, Stuck)
+    sock = client(server)
+    sock.sendall(b"x")
+    assert started.wait(5)
+    stopper = gevent.spawn(r.stop, 0.1)
+    stopper.join(5)
+    sock.close()
+    assert stopper.dead, "stop() never returned after killing a blocked callback"
+    assert unbound.is_set()
+    assert not r.connections
+
+
+def test_reconnect_from_unbind_keeps_the_new_connection_registered(reactor):
+    server = reactor.start_server("127.0.0.1", 0, Connection)
+    completed = gevent.event.Event()
+
+    class Again(Connection):
+        rounds = 0
+
+        def connection_completed(self):
+            Again.rounds += 1
+            if Again.rounds == 1:
+                self.close_connection()
+            else:
+                completed.set()
+
+        def unbind(self, reason=None):
+            if Again.rounds == 1:
+                self.reconnect("127.0.0.1", server.port)
+
+    conn = reactor.connect("127.0.0.1", server.port, Again)
+    assert completed.wait(5)
+    assert reactor.connections.get(conn.signature) is conn, \
+        "the old connection's end unregistered the reconnected one"
+    assert reactor.deliver(conn.signature, lambda: None)
+
+
+def test_stop_from_a_run_in_hub_callback(reactor):
+    unbound = gevent.event.Event()
+
+    class Hubby(Connection):
+        run_in_hub = True
+
+        def receive_data(self, data):
+            self.reactor.stop(timeout=1)
+
+        def unbind(self, reason=None):
+            unbound.set()
+
+    server = reactor.start_server("127.0.0.1", 0, Hubby)
+    sock = client(server)
+    sock.sendall(b"stop")
+    assert unbound.wait(5), "stop() from a run_in_hub callback did not close the connection"
+    assert reactor.wait(5)
+    sock.close()
+
+
+def test_stop_from_a_callback_while_already_stopping_does_not_block_it():
+    # stop() is in progress (waiting for a busy callback); that callback calls
+    # stop() too: it must return at once, not wait for itself until killed.
+    inside = gevent.event.Event()
+    go = gevent.event.Event()
+    returned = gevent.event.Event()
+
+    class Busy(Connection):
+        def receive_data(self, data):
+            inside.set()
+            go.wait(5)
+            self.reactor.stop()
+            returned.set()
+
+    r = Reactor(stop_grace=3.0)
+    r.start()
+    server = r.start_server("127.0.0.1", 0, Busy)
+    sock = client(server)
+    sock.sendall(b"x")
+    assert inside.wait(5)
+    stopper = gevent.spawn(r.stop)
+    gevent.sleep(0)  # stop() is now draining
+    go.set()
+    assert returned.wait(1), "stop() called from a callback during a stop blocked that callback"
+    stopper.join(5)
+    assert stopper.dead
+    sock.close()
+
+
+def test_periodic_timer_added_in_unbind_does_not_tick_forever(reactor):
+    server = reactor.start_server("127.0.0.1", 0, Connection)
+    timers = []
+    done = gevent.event.Event()
+
+    class Late(Connection):
+        def connection_completed(self):
+            self.close_connection()
+
+        def unbind(self, reason=None):
+            timers.append(self.add_periodic_timer(0.01, lambda: None))
+            done.set()
+
+    reactor.connect("127.0.0.1", server.port, Late)
+    assert done.wait(5)
+    with gevent.Timeout(5, AssertionError("timer of a closed connection still active")):
+        while timers[0].active:
+            gevent.sleep(0.01)
+    assert timers[0].fired == 0
+
+
+def test_handler_constructor_that_raises_does_not_leak_a_connection_slot(reactor):
+    served = gevent.event.Event()
+
+    class Picky(Connection):
+        made = 0
+
+        def __init__(self):
+            Picky.made += 1
+            if Picky.made == 1:
+                raise RuntimeError("first construction fails")
+
+        def receive_data(self, data):
+            self.send_data(data)
+            served.set()
+
+    server = reactor.start_server("127.0.0.1", 0, Picky, max_connections=1)
+    first = client(server)
+    assert recv_until_closed(first, timeout=5) == b""
+    first.close()
+    second = client(server)
+    second.sendall(b"hi")
+    assert recv_exactly(second, 2, timeout=5) == b"hi"
+    assert server.connection_count == 1
+    second.close()
+
+
+@pytest.fixture(scope="module")
+def tls_contexts(tmp_path_factory):
+    import ssl
+    import subprocess
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = str(d / "cert.pem"), str(d / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=localhost"],
+                   check=True, capture_output=True, timeout=30)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=cert)
+    return server_ctx, client_ctx
+
+
+def test_tls_close_after_writing_delivers_the_chunk_in_flight(reactor, tls_contexts):
+    server_ctx, client_ctx = tls_contexts
+    payload = bytes(range(256)) * 16384  # 4 MiB: sendall of it blocks on a reader
+
+    class Sender(Connection):
+        def connection_completed(self):
+            self.send_data(payload)
+            # Until the writer greenlet has taken the chunk (no event exists for it).
+            wait_for(lambda: not self._transport.outbuf, message="writer to take the chunk")
+            self.close_connection_after_writing()
+
+    received = []
+    done = gevent.event.Event()
+
+    class Reader(Connection):
+        def receive_data(self, data):
+            received.append(data)
+
+        def unbind(self, reason=None):
+            done.set()
+
+    server = reactor.start_server("127.0.0.1", 0, Sender, ssl_context=server_ctx)
+    reactor.connect("127.0.0.1", server.port, Reader, ssl_context=client_ctx,
+                    server_hostname="localhost")
+    assert done.wait(10)
+    assert len(b"".join(received)) == len(payload)
