@@ -190,6 +190,17 @@ class Reactor(TimerMethods):
 
     def _tls_accept(self, conn: Connection, raw: Any, context: _ssl.SSLContext) -> None:
         from gevent.ssl import SSLSocket
+        # post_init first, as for outgoing connections (and EventMachine, where
+        # post_init starts TLS): unbind, even after a failed handshake, always
+        # follows post_init.
+        try:
+            conn.post_init()
+        except BaseException:
+            raw.close()
+            raise
+        if conn._transport.state is CLOSED:  # closed before the handshake began
+            raw.close()
+            return
         gsock = gevent.socket.socket(raw.family, raw.type, raw.proto, raw.detach())
         try:
             tls = SSLSocket(sock=gsock, server_side=True, _context=context)
@@ -198,8 +209,11 @@ class Reactor(TimerMethods):
             conn.connect_error = exc
             conn._transport._close(exc)
             return
+        if conn._transport.state is CLOSED:  # closed (or stopped) during the handshake
+            tls.close()
+            return
         conn._transport.attach(tls, ssl_sock=tls)
-        conn._pg_started()
+        conn._pg_completed()
 
     # --------------------------------------------------------- connecting
     def connect(self, host: Any, port: Optional[int], handler: Any,
@@ -249,6 +263,8 @@ class Reactor(TimerMethods):
         if first:
             conn.post_init()
         transport = conn._transport
+        if transport.state is CLOSED:  # closed before the connect began
+            return
         try:
             if port is None:
                 import socket as _stdsocket

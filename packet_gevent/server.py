@@ -82,6 +82,8 @@ class Server:
         self.connection_count = 0
         self.accepted = 0
         self._stream_server: Optional[_AcceptServer] = None
+        #: stop_accepting() was called: a connection ending must not re-arm accept.
+        self._accept_paused = False
 
     @property
     def host(self) -> Any:
@@ -98,9 +100,12 @@ class Server:
     def start(self) -> None:
         if self._stream_server is None:
             self._stream_server = _AcceptServer(self.listener, self)
+        self._accept_paused = False
         self._stream_server.start()
 
     def stop_accepting(self) -> None:
+        """Stop accepting (clients wait in the backlog) until ``start()``."""
+        self._accept_paused = True
         if self._stream_server is not None:
             self._stream_server.stop_accepting()
 
@@ -129,7 +134,8 @@ class Server:
     def _connection_ended(self) -> None:
         self.connection_count -= 1
         stream_server = self._stream_server
-        if (stream_server is not None and stream_server.started and self.max_connections is not None
+        if (stream_server is not None and stream_server.started and not self._accept_paused
+                and self.max_connections is not None
                 and self.connection_count == self.max_connections - 1):
             stream_server.start_accepting()
 

@@ -490,6 +490,15 @@ class Transport:
                     _os_close(fd)
                 except OSError:
                     pass
+        never_started = not self.in_hub and not self.greenlet and not self.greenlet.dead
+        if never_started and self.mailbox:
+            # start() has queued the first item and scheduled the first switch:
+            # keep that item alone (it runs post_init, then sees CLOSED), so
+            # post_init still comes before unbind.
+            first = self.mailbox[0]
+            self.mailbox.clear()
+            self.mailbox.append(first)
+            return
         self.mailbox.clear()
         if self.in_hub:
             self.loop.run_callback(self._run_unbind)

@@ -199,3 +199,78 @@ def test_tls_close_after_writing_delivers_the_chunk_in_flight(reactor, tls_conte
                     server_hostname="localhost")
     assert done.wait(10)
     assert len(b"".join(received)) == len(payload)
+
+
+class Ordered(Connection):
+    """Records callbacks; unbind relies on state set up in post_init (Packet style)."""
+
+    def post_init(self):
+        self.events = ["post_init"]
+        self.unbound = gevent.event.Event()
+
+    def connection_completed(self):
+        self.events.append("connection_completed")
+
+    def unbind(self, reason=None):
+        self.events.append("unbind")
+        self.unbound.set()
+
+
+def test_connect_closed_before_it_starts_runs_post_init_then_unbind_once(reactor):
+    server = reactor.start_server("127.0.0.1", 0, Connection)
+    # From a non-hub greenlet: the connection's greenlet has not started yet.
+    conn = reactor.connect("127.0.0.1", server.port, Ordered)
+    conn.close_connection()
+    wait_for(lambda: hasattr(conn, "unbound"), message="post_init")
+    assert conn.unbound.wait(5)
+    gevent.sleep(0.05)  # a second unbind or a late connect would show here
+    assert conn.events == ["post_init", "unbind"]
+    assert conn.signature not in reactor.connections
+
+
+def test_tls_connection_closed_during_handshake_stays_closed(reactor, tls_contexts):
+    import socket
+    import ssl
+    server_ctx, client_ctx = tls_contexts
+    server = reactor.start_server("127.0.0.1", 0, Ordered, ssl_context=server_ctx)
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    wait_for(lambda: reactor.connections, message="the server to accept")
+    (conn,) = reactor.connections.values()
+    conn.close_connection()  # while its greenlet is blocked in the handshake
+    result = {}
+
+    def handshake():  # a real thread: the stdlib blocking handshake must not block the hub
+        try:
+            tls = client_ctx.wrap_socket(raw, server_hostname="localhost")
+            result["data"] = tls.recv(10)
+        except (OSError, ssl.SSLError) as exc:
+            result["error"] = exc
+
+    import threading
+    thread = threading.Thread(target=handshake, daemon=True)
+    thread.start()
+    with gevent.Timeout(5, AssertionError("client handshake thread hung")):
+        while thread.is_alive():
+            gevent.sleep(0.005)
+    raw.close()
+    assert conn.unbound.wait(5), "a connection closed during its TLS handshake never unbound"
+    assert "connection_completed" not in conn.events
+    assert result.get("data", b"") == b""
+
+
+def test_server_stop_accepting_is_not_undone_when_a_connection_ends(reactor):
+    import socket
+    server = reactor.start_server("127.0.0.1", 0, Ordered, max_connections=2)
+    first = client(server)
+    second = client(server)
+    wait_for(lambda: server.connection_count == 2, message="two connections accepted")
+    server.stop_accepting()
+    conns = list(reactor.connections.values())
+    first.close()
+    assert any(c.unbound.wait(5) for c in conns)
+    accepted_before = server.accepted
+    third = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    gevent.sleep(0.2)  # would it be accepted? (absence of an event: bounded wait)
+    assert server.accepted == accepted_before, "stop_accepting() was undone by a connection ending"
+    third.close()
+    second.close()
