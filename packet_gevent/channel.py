@@ -19,7 +19,9 @@ frame per out-of-band buffer:
 
 Big buffers are never copied into the pickle: their memory goes to the kernel
 straight from the caller's object (``sendmsg``), and on the receiving side
-``recv_into`` writes into the decoder's preallocated payload buffer.  Writable
+``recv_into`` writes straight into the ``bytes`` object the decoder hands out
+(:meth:`FrameDecoder.commit <packet_gevent.framing.FrameDecoder.commit>`; the
+view is released first, else that object would be copied once more).  Writable
 buffers are copied once at ``send()`` (the caller may change them before the
 kernel takes them); ``bytes`` are immutable and never copied on send.
 
@@ -39,14 +41,24 @@ echoing; three runs):
   a blocking socketpair echo 14-42 us);
 * tiny messages echoed in batches of 500: 135k-203k msg/s (each message is
   encoded and decoded twice: master and child);
-* 16 MiB ``bytes`` each way: median 2,250-2,580 MiB/s, first transfer of a
-  process 640-670 MiB/s.  The first is the kernel's first-touch page faults
-  (~5 us per 4 KiB page here) of the receive buffers: the decoder's payload
-  ``bytearray`` and the ``bytes`` it copies out; with malloc told to keep
-  freed memory (MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_) every
-  transfer runs at ~3,400 MiB/s;
-* 16 MiB ``bytearray`` each way: 600-700 MiB/s: pickled in band (a copy into
-  the pickle, one out of it), plus the decoder's copy;
+* 16 MiB ``bytes`` each way, 12 round trips in a row per process, three
+  processes: 1,030-1,460 MiB/s for the first four, 2,500-3,000 after
+  (malloc then reuses freed blocks: no page faults).  Before (received into
+  a ``bytearray``, then copied out as ``bytes``): 600-680 for the first two,
+  ~1,100 the third, 2,400-3,500 after.  The slow start is the kernel's
+  first-touch page faults (~2 us per 4 KiB page: 13 ms more per round trip
+  of 8,192 fresh pages) of fresh receive memory, in the child and the master:
+  one 16 MiB object per direction now, two before.  ``_measure`` (median of
+  8): 1,550-1,690 MiB/s, first 1,360-1,510, best 4,250-4,760 (before:
+  median 2,250-2,580, first 225-670, best ~2,600: its median falls on the
+  fourth to fifth transfer, where the warm-up ends);
+* through ForkPool (``python -m benchmarks.pool --peers ours --repeat 3``,
+  median of 5 round trips from a fresh pool, median of 3 runs; old and new
+  run alternately on the loaded machine): 1,392 and 1,652 MiB/s each way,
+  1,739 when quieter; before 833 and 905;
+* 16 MiB ``bytearray`` each way: 1,190-1,420 MiB/s (before 530-700):
+  pickled in band (a copy into the pickle, one out of it); the 16 MiB head
+  frame is no longer copied out of the decoder;
 * per message: encode 0.9 us, decode 1.1 us (one int; pickle alone 0.2 us).
 """
 from __future__ import annotations

@@ -10,24 +10,33 @@ Decoding strategy (the hot path for every worker message and pool task):
 * whole small frames are cut straight out of the chunk that was fed, walking
   an offset; the chunk is never re-sliced or copied as a whole;
 * the tail of a chunk that ends inside a frame is kept: a partial header in a
-  tiny ``bytearray``, a partial payload in a ``bytearray`` preallocated to the
-  announced length once the header is known, then filled in place.  No frame
-  is ever copied more than twice (into that buffer, then out as ``bytes``);
-* a reader can skip one of those copies for big frames by receiving straight
-  into the payload buffer: :meth:`FrameDecoder.payload_buffer_remaining` +
-  :meth:`FrameDecoder.commit` (``sock.recv_into(view)``).
+  tiny ``bytearray``; a partial payload straight in the ``bytes`` object that
+  will be handed out, allocated at the announced length once the header is
+  known (``io.BytesIO(bytes(n))``: ``getbuffer()`` writes into that object,
+  ``getvalue()`` returns it uncopied once no view is alive), then filled in
+  place.  A frame is copied at most once (into that object), or never when
+  the reader receives into it;
+* a reader skips that copy by receiving straight into the payload
+  buffer: :meth:`FrameDecoder.payload_buffer_remaining` +
+  :meth:`FrameDecoder.commit` (``sock.recv_into(view)``, ``view.release()``,
+  ``commit(n)``).
 
 Measured with ``python -m packet_gevent.framing`` (:func:`_measure`; Python
-3.11, shared 2-core Linux VM, best/typical of 3 runs):
+3.11, shared 2-core Linux VM, three runs; before = the previous decoder, a
+preallocated ``bytearray`` copied out as ``bytes``, run alternately):
 
-* 1,000,000 frames of 10 payload bytes fed in 64 KiB chunks: 0.41-0.44 s,
-  i.e. 2.3-2.4 M frames/s (target: 150 k frames/s);
-* 16 MiB frames fed in 64 KiB chunks, 8 in a row: 19-24 ms, i.e. 5.6-6.9 GB/s
-  (target: > 1 GB/s); via payload_buffer_remaining/commit: 6.2-7.5 GB/s;
-* the first 16 MiB frame of a process alone: 16-52 ms (0.3-1.1 GB/s).  That is
-  the kernel's first-touch page faults of the two fresh 16 MiB buffers
-  (payload ``bytearray`` and the ``bytes`` handed out; ~8 ms each here), not
-  the decoder; once malloc reuses freed buffers it is gone.
+* 1,000,000 frames of 10 payload bytes fed in 64 KiB chunks: 0.44-0.45 s,
+  i.e. 2.2-2.3 M frames/s (before 0.41-0.46 s; target: 150 k frames/s);
+* the first 16 MiB frame of a process, 64 KiB chunks: 2.8-2.9 ms, i.e.
+  5.8-6.1 GB/s (before 11.2-12.1 ms, 1.4-1.5 GB/s: the kernel's first-touch
+  page faults of two fresh 16 MiB buffers, now of one, calloc'd: untouched
+  until the data lands);
+* 16 MiB frames fed in 64 KiB chunks, 8 in a row: 24-26 ms, i.e. 5.2-5.6
+  GB/s (before 18-19 ms: with malloc reusing freed blocks, ``bytes(n)``
+  costs 0.66 ms per 16 MiB here against 0.23 ms for ``bytearray(n)``);
+  via payload_buffer_remaining/commit: 20-21 ms, 6.3-6.8 GB/s (before 19-20
+  ms).  Through a socket, receiving into the object handed out is what
+  counts: see :mod:`packet_gevent.channel`.
 """
 from __future__ import annotations
 
