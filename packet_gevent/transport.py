@@ -143,7 +143,7 @@ class Transport:
         self.fd = sock.fileno()
         self.ssl_sock = ssl_sock
         self.state = OPEN
-        self.direct_send = ssl_sock is None
+        self.direct_send = ssl_sock is None and not self.close_after_writing
         if self.idle_timeout:
             self.last_activity = self.loop.now()
             self._arm_idle_timer(self.idle_timeout)
@@ -151,8 +151,12 @@ class Transport:
             self.read_watcher = self.loop.io(self.fd, 1)
             self.write_watcher = self.loop.io(self.fd, 2)
             self.read_watcher.start(self._on_readable_in_hub if self.in_hub else self._on_readable)
+            if self.outbuf:  # sent while connecting (e.g. from post_init)
+                self.write_watcher.start(self._on_writable)
         else:
             self.writer_event = gevent.event.Event()
+            if self.outbuf:
+                self.writer_event.set()
             gevent.spawn(self._tls_reader)
             gevent.spawn(self._tls_writer)
 
@@ -351,7 +355,9 @@ class Transport:
             self._queue(data[sent:])
 
     def _send_slow(self, data: bytes) -> None:
-        if self.state is not OPEN or self.close_after_writing:
+        # While CONNECTING (send_data from post_init) data is queued and
+        # flushed by attach(), as EventMachine does.
+        if self.state is CLOSED or self.close_after_writing:
             logger.debug("send_data on closed connection %r dropped (%d bytes)",
                          self.conn, len(data))
         elif data:
@@ -371,7 +377,7 @@ class Transport:
             return
         if self.ssl_sock is not None:
             self.writer_event.set()
-        elif len(self.outbuf) == 1:
+        elif len(self.outbuf) == 1 and self.write_watcher is not None:
             self.write_watcher.start(self._on_writable)
         if not self.writing_paused and self.out_size > self.high_water:
             self.writing_paused = True
@@ -441,9 +447,6 @@ class Transport:
 
     def close_when_flushed(self) -> None:
         if self.state is CLOSED:
-            return
-        if self.state is CONNECTING:
-            self._close(None)
             return
         self.close_after_writing = True
         self.direct_send = False

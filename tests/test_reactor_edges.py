@@ -274,3 +274,73 @@ def test_server_stop_accepting_is_not_undone_when_a_connection_ends(reactor):
     assert server.accepted == accepted_before, "stop_accepting() was undone by a connection ending"
     third.close()
     second.close()
+
+
+class Greeter(Connection):
+    """Sends a greeting from post_init, before an outgoing connect has completed."""
+
+    def post_init(self):
+        self.send_data(b"hello from post_init")
+
+
+class Collector(Connection):
+    got = None
+
+    def post_init(self):
+        self.data = []
+        self.unbound = gevent.event.Event()
+
+    def receive_data(self, data):
+        self.data.append(data)
+        if len(b"".join(self.data)) >= 20:
+            self.close_connection()
+
+    def unbind(self, reason=None):
+        Collector.got = b"".join(self.data)
+        self.unbound.set()
+
+
+def test_send_data_in_post_init_of_outgoing_connection_is_not_lost(reactor):
+    instances = []
+    server = reactor.start_server("127.0.0.1", 0, Collector, on_instance=instances.append)
+    reactor.connect("127.0.0.1", server.port, Greeter)
+    wait_for(lambda: instances, message="the server to accept")
+    assert instances[0].unbound.wait(5)
+    assert Collector.got == b"hello from post_init"
+
+
+def test_send_data_in_post_init_over_tls_both_ways_is_not_lost(reactor, tls_contexts):
+    server_ctx, client_ctx = tls_contexts
+    accepted = []
+    server = reactor.start_server("127.0.0.1", 0, Greeter, ssl_context=server_ctx)
+    conn = reactor.connect("127.0.0.1", server.port, Collector, ssl_context=client_ctx,
+                           server_hostname="localhost")
+    wait_for(lambda: hasattr(conn, "unbound"), message="post_init")
+    assert conn.unbound.wait(5)
+    assert Collector.got == b"hello from post_init"
+    server2 = reactor.start_server("127.0.0.1", 0, Collector, ssl_context=server_ctx,
+                                   on_instance=accepted.append)
+    reactor.connect("127.0.0.1", server2.port, Greeter, ssl_context=client_ctx,
+                    server_hostname="localhost")
+    wait_for(lambda: accepted, message="the TLS server to accept")
+    assert accepted[0].unbound.wait(5)
+    assert Collector.got == b"hello from post_init"
+
+
+def test_close_after_writing_while_connecting_flushes_then_closes(reactor):
+    instances = []
+
+    class Bye(Connection):
+        def post_init(self):
+            self.send_data(b"hello from post_init")
+            self.close_connection_after_writing()
+
+    class Drain(Collector):
+        def receive_data(self, data):
+            self.data.append(data)  # the peer closes, not us
+
+    server = reactor.start_server("127.0.0.1", 0, Drain, on_instance=instances.append)
+    reactor.connect("127.0.0.1", server.port, Bye)
+    wait_for(lambda: instances, message="the server to accept")
+    assert instances[0].unbound.wait(5)
+    assert Collector.got == b"hello from post_init"
