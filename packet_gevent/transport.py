@@ -72,7 +72,8 @@ class Transport:
         "busy_stopped", "user_paused", "outbuf", "out_size", "high_water",
         "low_water", "writing_paused", "close_after_writing", "wake_pending",
         "timers", "on_data", "peername", "idle_timeout", "idle_timer",
-        "last_activity", "writer_event", "unbind_done", "tls_resume", "in_hub", "direct_send",
+        "last_activity", "writer_event", "unbind_done", "tls_resume", "tls_handled", "in_hub",
+        "direct_send",
     )
 
     def __init__(self, conn: Any, reactor: Any) -> None:
@@ -111,6 +112,9 @@ class Transport:
         self.writer_event = None
         self.unbind_done = False
         self.tls_resume = None
+        #: The event the TLS reader waits on (set by _close too, so a reader
+        #: whose chunk was dropped or that waits on a pause does not hang).
+        self.tls_handled = None
         #: True while send() may write straight to the socket (open, plain,
         #: no close pending): one flag test on the hot path.
         self.direct_send = False
@@ -302,7 +306,7 @@ class Transport:
                 self.last_activity = self.loop.now()
             # Backpressure: read the next chunk only after this one was handled
             # (and while the user has not paused reading).
-            handled = gevent.event.Event()
+            handled = self.tls_handled = gevent.event.Event()
             if not self.post(self._tls_deliver, (data, handled)):
                 return
             handled.wait()
@@ -482,6 +486,8 @@ class Transport:
         self.out_size = 0
         if self.ssl_sock is not None:
             self.writer_event.set()
+            if self.tls_handled is not None:
+                self.tls_handled.set()
             try:
                 self.ssl_sock.close()
             except OSError:

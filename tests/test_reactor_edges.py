@@ -344,3 +344,33 @@ def test_close_after_writing_while_connecting_flushes_then_closes(reactor):
     wait_for(lambda: instances, message="the server to accept")
     assert instances[0].unbound.wait(5)
     assert Collector.got == b"hello from post_init"
+
+
+def _greenlets_running(method_name, owner):
+    import gc
+    return [g for g in gc.get_objects()
+            if isinstance(g, gevent.Greenlet) and not g.dead
+            and getattr(getattr(g, "_run", None), "__self__", None) is owner
+            and getattr(g._run, "__name__", "") == method_name]
+
+
+def test_tls_reader_greenlet_ends_when_closed_while_paused(reactor, tls_contexts):
+    server_ctx, client_ctx = tls_contexts
+    accepted = []
+
+    class PauseThenClose(Ordered):
+        def receive_data(self, data):
+            self.pause_reading()
+            self.close_connection()
+
+    server = reactor.start_server("127.0.0.1", 0, PauseThenClose, ssl_context=server_ctx,
+                                  on_instance=accepted.append)
+    reactor.connect("127.0.0.1", server.port, Greeter, ssl_context=client_ctx,
+                    server_hostname="localhost")
+    wait_for(lambda: accepted, message="the TLS server to accept")
+    assert accepted[0].unbound.wait(5)
+    transport = accepted[0]._transport
+    wait_for(lambda: not _greenlets_running("_tls_reader", transport),
+             message="the TLS reader greenlet of a closed connection to end")
+    wait_for(lambda: not _greenlets_running("_tls_writer", transport),
+             message="the TLS writer greenlet of a closed connection to end")
