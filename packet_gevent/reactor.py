@@ -510,14 +510,22 @@ class Reactor(TimerMethods):
         if setup is not None:
             setup(reactor)
         handlers = []
+        previous = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.getsignal(signum)
                 handlers.append(gevent.signal_handler(signum, reactor._on_signal, signum))
         try:
             reactor.serve_forever()
         finally:
             for handler in handlers:
                 handler.cancel()
+            # Stopping libev's signal watcher leaves the C-level disposition at
+            # SIG_DFL while Python still reports its own handler: a later ^C
+            # would kill the process instead of raising KeyboardInterrupt.
+            for signum, old in previous.items():
+                if old is not None:
+                    signal.signal(signum, old)
         return reactor
 
     def _on_signal(self, signum: int) -> None:

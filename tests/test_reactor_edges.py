@@ -374,3 +374,24 @@ def test_tls_reader_greenlet_ends_when_closed_while_paused(reactor, tls_contexts
              message="the TLS reader greenlet of a closed connection to end")
     wait_for(lambda: not _greenlets_running("_tls_writer", transport),
              message="the TLS writer greenlet of a closed connection to end")
+
+
+def test_reactor_run_gives_back_python_signal_handling_when_it_returns():
+    from tests.conftest import run_script
+    result = run_script("""
+        import os, signal
+        from packet_gevent import Reactor
+        def setup(r):
+            r.add_timer(0.01, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        Reactor.run(setup)
+        print("returned", flush=True)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(100):
+                pass
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt", flush=True)
+    """, timeout=30)
+    assert "returned" in result.stdout, result.stderr
+    assert "KeyboardInterrupt" in result.stdout, \
+        f"SIGINT after Reactor.run returned killed the process (rc={result.returncode})"
