@@ -244,6 +244,11 @@ class Reactor(TimerMethods):
 
     def reconnect(self, host: Any, port: Optional[int], handler: Connection) -> Connection:
         """Connect ``handler`` (an instance) again; a no-op while it is connected or connecting."""
+        if self._stopping:
+            # Packet clients reconnect from unbind; during stop() that would
+            # open a connection nobody closes (stop's unbinds reconnecting).
+            logger.debug("reconnect of %r ignored: the reactor is stopping", handler)
+            return handler
         transport = getattr(handler, "_transport", None)
         if transport is None:
             return self.connect(host, port, handler)

@@ -395,3 +395,29 @@ def test_reactor_run_gives_back_python_signal_handling_when_it_returns():
     assert "returned" in result.stdout, result.stderr
     assert "KeyboardInterrupt" in result.stdout, \
         f"SIGINT after Reactor.run returned killed the process (rc={result.returncode})"
+
+
+def test_reconnect_in_unbind_during_stop_does_not_outlive_the_reactor():
+    r = Reactor(stop_grace=0.5)
+    r.start()
+    server = r.start_server("127.0.0.1", 0, Connection)
+    completed = gevent.event.Event()
+    unbinds = []
+
+    class Persistent(Connection):  # Packet's usual client: reconnect when dropped
+        def connection_completed(self):
+            completed.set()
+
+        def unbind(self, reason=None):
+            unbinds.append(reason)
+            self.reconnect("127.0.0.1", server.port)
+
+    conn = r.connect("127.0.0.1", server.port, Persistent)
+    assert completed.wait(5)
+    stopper = gevent.spawn(r.stop)
+    stopper.join(10)
+    assert stopper.dead
+    gevent.sleep(0.1)  # a reconnect slipping through would connect here
+    assert not r.connections
+    assert not conn.connected and conn._transport.state == "closed"
+    assert len(unbinds) == 1
