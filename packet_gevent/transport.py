@@ -546,6 +546,10 @@ class Transport:
     def _on_idle_timer(self) -> None:  # in the hub
         if self.state is not OPEN or not self.idle_timeout:
             return
+        if not self.idle:
+            # Our own callback is busy (maybe blocked on a worker): the peer is
+            # waiting for us, not silent.  Count idleness from now on.
+            self.last_activity = self.loop.now()
         idle_for = self.loop.now() - self.last_activity
         if idle_for >= self.idle_timeout:
             from .errors import IdleTimeout

@@ -421,3 +421,19 @@ def test_reconnect_in_unbind_during_stop_does_not_outlive_the_reactor():
     assert not r.connections
     assert not conn.connected and conn._transport.state == "closed"
     assert len(unbinds) == 1
+
+
+def test_idle_timeout_does_not_cut_a_callback_that_is_still_working(reactor):
+    class Slow(Connection):
+        def receive_data(self, data):
+            gevent.sleep(0.5)  # slow work (e.g. waiting on a worker), longer than the timeout
+            self.send_data(data)
+
+    server = reactor.start_server("127.0.0.1", 0, Slow, idle_timeout=0.2)
+    sock = client(server)
+    sock.sendall(b"question")
+    assert recv_exactly(sock, 8, timeout=5) == b"question", \
+        "the idle timeout closed a connection whose own callback was busy"
+    # ...and a silent peer is still dropped once the server is idle.
+    assert recv_until_closed(sock, timeout=5) == b""
+    sock.close()
