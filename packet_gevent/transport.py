@@ -154,7 +154,8 @@ class Transport:
         if ssl_sock is None:
             self.read_watcher = self.loop.io(self.fd, 1)
             self.write_watcher = self.loop.io(self.fd, 2)
-            self.read_watcher.start(self._on_readable_in_hub if self.in_hub else self._on_readable)
+            if not self.user_paused:  # pause_reading() may come first (post_init)
+                self.read_watcher.start(self._on_readable_in_hub if self.in_hub else self._on_readable)
             if self.outbuf:  # sent while connecting (e.g. from post_init)
                 self.write_watcher.start(self._on_writable)
         else:
@@ -294,6 +295,10 @@ class Transport:
     def _tls_reader(self) -> None:
         sock = self.ssl_sock
         while self.state is OPEN:
+            if self.user_paused:  # paused before this read (post_init, another greenlet)
+                resumed = self.tls_resume = self.tls_handled = gevent.event.Event()
+                resumed.wait()
+                continue
             try:
                 data = sock.recv(READ_SIZE)
             except (OSError, ValueError) as exc:

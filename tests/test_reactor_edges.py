@@ -437,3 +437,31 @@ def test_idle_timeout_does_not_cut_a_callback_that_is_still_working(reactor):
     # ...and a silent peer is still dropped once the server is idle.
     assert recv_until_closed(sock, timeout=5) == b""
     sock.close()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_pause_reading_in_post_init_of_outgoing_connection_holds(reactor, tls_contexts, tls):
+    server_ctx, client_ctx = tls_contexts if tls else (None, None)
+    class Talker(Connection):
+        def connection_completed(self):
+            self.send_data(b"early bytes")
+
+    got = []
+    arrived = gevent.event.Event()
+
+    class Paused(Connection):
+        def post_init(self):
+            self.pause_reading()  # before the connect completes
+
+        def receive_data(self, data):
+            got.append(data)
+            arrived.set()
+
+    server = reactor.start_server("127.0.0.1", 0, Talker, ssl_context=server_ctx)
+    conn = reactor.connect("127.0.0.1", server.port, Paused, ssl_context=client_ctx,
+                           server_hostname="localhost" if tls else None)
+    wait_for(lambda: conn.connected, message="the connect")
+    assert not arrived.wait(0.3), "data delivered although reading was paused from post_init"
+    conn.resume_reading()
+    assert arrived.wait(5)
+    assert b"".join(got) == b"early bytes"
