@@ -37,7 +37,7 @@ from .connection import Connection, as_connection_class
 from .errors import PacketError
 from .server import Server, listener_for
 from .timers import Timer, TimerMethods
-from .transport import CLOSED, OPEN, raw_socket_from
+from .transport import CALLBACK_ERRORS, CLOSED, OPEN, raw_socket_from
 
 __all__ = ["Reactor"]
 
@@ -353,7 +353,7 @@ class Reactor(TimerMethods):
     def _run_logged(fn: Callable[..., Any], args: tuple) -> None:
         try:
             fn(*args)
-        except Exception:
+        except CALLBACK_ERRORS:
             logger.exception("timer callback %r raised", fn)
 
     # ------------------------------------------------------------- workers

@@ -56,6 +56,10 @@ _raw_switch = greenlet.greenlet.switch
 _getcurrent = greenlet.getcurrent
 _CONNECTION_RESET = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
+#: What a failing user callback may raise: gevent.Timeout is a BaseException,
+#: and one escaping a callback used to kill the greenlet silently (no unbind,
+#: socket and max_connections slot kept) and raise into the hub.
+CALLBACK_ERRORS = (Exception, gevent.Timeout)
 
 Item = Tuple[Callable[..., Any], tuple]
 
@@ -178,7 +182,7 @@ class Transport:
                     if item.__class__ is bytes:
                         try:
                             on_data(item)
-                        except Exception as exc:
+                        except CALLBACK_ERRORS as exc:
                             self._callback_failed(on_data, exc)
                     else:
                         self._invoke(item)
@@ -204,10 +208,10 @@ class Transport:
         fn, args = item
         try:
             fn(*args)
-        except Exception as exc:
+        except CALLBACK_ERRORS as exc:
             self._callback_failed(fn, exc)
 
-    def _callback_failed(self, fn: Any, exc: Exception) -> None:
+    def _callback_failed(self, fn: Any, exc: BaseException) -> None:
         """A user callback raised: log it with its traceback, end this connection."""
         logger.error("callback %s of %r raised; closing the connection",
                      getattr(fn, "__name__", fn), self.conn, exc_info=exc)
@@ -221,7 +225,7 @@ class Transport:
         signature = self.conn.signature
         try:
             self.conn._call_unbind(self.reason)
-        except Exception:
+        except CALLBACK_ERRORS:
             logger.exception("unbind of %r raised", self.conn)
         finally:
             self.reactor._connection_ended(self.conn, signature)
@@ -287,7 +291,7 @@ class Transport:
                 self.last_activity = self.loop.now()
             try:
                 self.on_data(data)
-            except Exception as exc:
+            except CALLBACK_ERRORS as exc:
                 self._callback_failed(self.on_data, exc)
         else:
             self._abort(None)

@@ -465,3 +465,28 @@ def test_pause_reading_in_post_init_of_outgoing_connection_holds(reactor, tls_co
     conn.resume_reading()
     assert arrived.wait(5)
     assert b"".join(got) == b"early bytes"
+
+
+def test_gevent_timeout_escaping_a_callback_closes_only_that_connection(reactor):
+    # gevent.Timeout is a BaseException: a callback that lets one escape must
+    # still end its connection (unbind once, slot freed), not kill the greenlet
+    # silently and raise into the hub.
+    unbound = []
+
+    class Impatient(Connection):
+        def receive_data(self, data):
+            with gevent.Timeout(0.01):
+                gevent.sleep(5)
+
+        def unbind(self, reason=None):
+            unbound.append(reason)
+
+    server = reactor.start_server("127.0.0.1", 0, Impatient, max_connections=1)
+    sock = client(server)
+    sock.sendall(b"x")
+    assert recv_until_closed(sock, timeout=5) == b""
+    sock.close()
+    wait_for(lambda: unbound, message="unbind")
+    assert len(unbound) == 1 and isinstance(unbound[0], gevent.Timeout)
+    wait_for(lambda: server.connection_count == 0, message="the slot to be freed")
+    assert not reactor.connections
