@@ -202,8 +202,12 @@ class Reactor(TimerMethods):
             raw.close()
             return
         gsock = gevent.socket.socket(raw.family, raw.type, raw.proto, raw.detach())
+        # A client that never handshakes must not hold this greenlet (and a
+        # max_connections slot) forever: the idle timeout covers the handshake.
+        gsock.settimeout(conn._transport.idle_timeout or self.connect_timeout)
         try:
             tls = SSLSocket(sock=gsock, server_side=True, _context=context)
+            tls.settimeout(None)
         except Exception as exc:
             gsock.close()
             conn.connect_error = exc

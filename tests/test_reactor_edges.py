@@ -490,3 +490,17 @@ def test_gevent_timeout_escaping_a_callback_closes_only_that_connection(reactor)
     assert len(unbound) == 1 and isinstance(unbound[0], gevent.Timeout)
     wait_for(lambda: server.connection_count == 0, message="the slot to be freed")
     assert not reactor.connections
+
+
+def test_idle_timeout_covers_a_tls_handshake_that_never_comes(reactor, tls_contexts):
+    import socket
+    server_ctx, _ = tls_contexts
+    accepted = []
+    server = reactor.start_server("127.0.0.1", 0, Ordered, ssl_context=server_ctx,
+                                  idle_timeout=0.2, max_connections=1, on_instance=accepted.append)
+    raw = gevent.socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    # A silent client must not hold the greenlet and the only slot forever.
+    assert recv_until_closed(raw, timeout=5) == b"", "a silent TLS client was never dropped"
+    raw.close()
+    wait_for(lambda: server.connection_count == 0, message="the slot to be freed")
+    assert not accepted  # never completed
