@@ -504,3 +504,106 @@ def test_idle_timeout_covers_a_tls_handshake_that_never_comes(reactor, tls_conte
     raw.close()
     wait_for(lambda: server.connection_count == 0, message="the slot to be freed")
     assert not accepted  # never completed
+
+
+# Regression guards for orderings that already held when reviewed.
+
+def test_close_from_another_connections_greenlet_while_a_callback_blocks(reactor):
+    blocked = gevent.event.Event()
+    release = gevent.event.Event()
+    victims = []
+
+    class Victim(Ordered):
+        def receive_data(self, data):
+            victims.append(self)
+            blocked.set()
+            release.wait(5)
+            self.send_data(b"too late")  # dropped: closed meanwhile
+
+    class Killer(Connection):
+        def receive_data(self, data):
+            victims[0].close_connection()
+            release.set()
+
+    victim_server = reactor.start_server("127.0.0.1", 0, Victim)
+    killer_server = reactor.start_server("127.0.0.1", 0, Killer)
+    a = client(victim_server)
+    a.sendall(b"x")
+    assert blocked.wait(5)
+    b = client(killer_server)
+    b.sendall(b"kill")
+    assert recv_until_closed(a, timeout=5) == b""
+    assert victims[0].unbound.wait(5)
+    assert victims[0].events.count("unbind") == 1
+    a.close()
+    b.close()
+
+
+def test_exceptions_in_post_init_connection_completed_and_unbind_each_end_cleanly(reactor, caplog):
+    reasons = {}
+
+    def make(where):
+        class Faulty(Connection):
+            def post_init(self):
+                if where == "post_init":
+                    raise ValueError(where)
+
+            def connection_completed(self):
+                if where == "connection_completed":
+                    raise ValueError(where)
+
+            def unbind(self, reason=None):
+                reasons[where] = reason
+                if where == "unbind":
+                    raise ValueError(where)
+        return Faulty
+
+    for where in ("post_init", "connection_completed"):
+        server = reactor.start_server("127.0.0.1", 0, make(where), max_connections=1)
+        sock = client(server)
+        assert recv_until_closed(sock, timeout=5) == b""
+        sock.close()
+        wait_for(lambda: where in reasons, message=f"unbind after {where}")
+        assert isinstance(reasons[where], ValueError)
+        wait_for(lambda: server.connection_count == 0, message="the slot to be freed")
+    server = reactor.start_server("127.0.0.1", 0, make("unbind"))
+    sock = client(server)
+    wait_for(lambda: server.connection_count == 1, message="accept")
+    sock.close()
+    wait_for(lambda: server.connection_count == 0, message="the slot to be freed")
+    assert not reactor.connections
+    assert "unbind of" in caplog.text
+
+
+def test_plain_class_unbind_with_and_without_reason(reactor):
+    seen = []
+
+    class NoReason:
+        def unbind(self):
+            seen.append("no reason")
+
+    class WithReason:
+        def unbind(self, reason):
+            seen.append(("reason", reason))
+
+    for handler in (NoReason, WithReason):
+        server = reactor.start_server("127.0.0.1", 0, handler)
+        sock = client(server)
+        wait_for(lambda: server.connection_count == 1, message="accept")
+        sock.close()
+        wait_for(lambda: server.connection_count == 0, message="unbind")
+    assert seen == ["no reason", ("reason", None)]
+
+
+def test_stop_called_twice_concurrently_both_return():
+    r = Reactor(stop_grace=1.0)
+    r.start()
+    server = r.start_server("127.0.0.1", 0, Connection)
+    sock = client(server)
+    wait_for(lambda: server.connection_count == 1, message="accept")
+    stoppers = [gevent.spawn(r.stop), gevent.spawn(r.stop)]
+    gevent.joinall(stoppers, timeout=5)
+    assert all(s.dead for s in stoppers)
+    assert r.wait(0) and not r.connections
+    assert recv_until_closed(sock, timeout=5) == b""
+    sock.close()
