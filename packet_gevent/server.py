@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import stat
 from typing import Any, Callable, Optional, Tuple
 
 import _socket
@@ -148,6 +149,10 @@ def listener_for(host: Any, port: Optional[int], backlog: int) -> Tuple[socket.s
     if port is None:
         path = os.fspath(host)
         if os.path.exists(path):
+            if not stat.S_ISSOCK(os.stat(path).st_mode):
+                # Only a stale *socket* is ours to remove: never a user's file.
+                raise FileExistsError(f"{path!r} exists and is not a socket; "
+                                      "pick another path for the UNIX socket server")
             try:
                 probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 probe.connect(path)

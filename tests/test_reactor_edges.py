@@ -607,3 +607,11 @@ def test_stop_called_twice_concurrently_both_return():
     assert r.wait(0) and not r.connections
     assert recv_until_closed(sock, timeout=5) == b""
     sock.close()
+
+
+def test_unix_server_never_deletes_a_regular_file_at_its_path(reactor, tmp_path):
+    path = tmp_path / "not-a-socket.conf"
+    path.write_text("precious")
+    with pytest.raises(OSError, match="not a socket"):
+        reactor.start_unix_server(str(path), Connection)
+    assert path.read_text() == "precious"
