@@ -211,6 +211,11 @@ class Transport:
         except CALLBACK_ERRORS as exc:
             self._callback_failed(fn, exc)
 
+    def _invoke_if_open(self, item: Item) -> None:  # in the hub, for run_in_hub handlers
+        # A close in between drops the call, as it empties a greenlet's mailbox.
+        if self.state is not CLOSED:
+            self._invoke(item)
+
     def _callback_failed(self, fn: Any, exc: BaseException) -> None:
         """A user callback raised: log it with its traceback, end this connection."""
         logger.error("callback %s of %r raised; closing the connection",
@@ -241,7 +246,7 @@ class Transport:
             if _getcurrent() is self.hub:
                 self._invoke((fn, args))
             else:
-                self.loop.run_callback(self._invoke, (fn, args))
+                self.loop.run_callback(self._invoke_if_open, (fn, args))
             return True
         if self.idle and not self.mailbox and _getcurrent() is self.hub:
             self.greenlet.switch((fn, args))

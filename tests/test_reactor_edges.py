@@ -615,3 +615,22 @@ def test_unix_server_never_deletes_a_regular_file_at_its_path(reactor, tmp_path)
     with pytest.raises(OSError, match="not a socket"):
         reactor.start_unix_server(str(path), Connection)
     assert path.read_text() == "precious"
+
+
+def test_run_in_hub_call_posted_before_a_close_is_dropped_like_for_greenlet_handlers(reactor):
+    accepted = []
+    ran = []
+
+    class Hubby(Ordered):
+        run_in_hub = True
+
+    server = reactor.start_server("127.0.0.1", 0, Hubby, on_instance=accepted.append)
+    sock = client(server)
+    wait_for(lambda: accepted, message="accept")
+    conn = accepted[0]
+    # From this (non-hub) greenlet: queued for the hub, then the connection closes.
+    assert reactor.deliver(conn.signature, lambda: ran.append(conn.connected))
+    conn.close_connection()
+    assert conn.unbound.wait(5)
+    assert ran == [], "a call delivered before the close ran on the closed connection"
+    sock.close()
