@@ -237,12 +237,23 @@ class Reactor(TimerMethods):
             conn = as_connection_class(handler)()
         else:
             conn = handler
+            live = getattr(conn, "_transport", None)
+            if live is not None and not (live.state is CLOSED and live.unbind_done):
+                raise PacketError(f"{conn!r} is still connected (or connecting): close it first, "
+                                  "or use reconnect(), which is a no-op while it is connected")
         options = {"timeout": connect_timeout if connect_timeout is not None else self.connect_timeout,
                    "ssl_context": ssl_context, "server_hostname": server_hostname}
         transport = conn._pg_setup(self, on_instance,
                                    idle_timeout=idle_timeout if idle_timeout is not None else self.idle_timeout)
         conn._pg_target = (host, port, options)
         self.connections[conn.signature] = conn
+        if self._stopping:
+            # A connection opened now would outlive the reactor: refuse it the
+            # way a failed connect is reported (post_init, then unbind(reason)).
+            refused = PacketError("the reactor is stopping: it opens no new connections")
+            conn.connect_error = refused
+            transport.start(lambda: (conn.post_init(), transport._close(refused)), may_block=True)
+            return conn
         transport.start(lambda: self._run_outgoing(conn, host, port, options, first=True), may_block=True)
         return conn
 

@@ -201,7 +201,9 @@ class Transport:
         except greenlet.GreenletExit:
             # Killed by a reactor stop that ran out of patience.
             if not self.unbind_done:
-                self._close(None)
+                from .errors import PacketError
+                self._close(PacketError("a callback was still blocked when Reactor.stop's grace "
+                                        "period ended; the connection was closed under it"))
                 self._run_unbind()
 
     def _invoke(self, item: Item) -> None:

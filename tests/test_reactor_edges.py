@@ -634,3 +634,36 @@ def test_run_in_hub_call_posted_before_a_close_is_dropped_like_for_greenlet_hand
     assert conn.unbound.wait(5)
     assert ran == [], "a call delivered before the close ran on the closed connection"
     sock.close()
+
+
+def test_connect_during_stop_is_refused_through_unbind_and_outlives_nothing():
+    from packet_gevent import PacketError
+    r = Reactor(stop_grace=1)
+    server = r.start_server("127.0.0.1", 0, Connection)
+    r.start()
+    opened = []
+
+    class Late(Connection):
+        def unbind(self, reason=None):
+            self.reason = reason
+
+    class Stopper(Connection):
+        def unbind(self, reason=None):
+            opened.append(r.connect("127.0.0.1", server.port, Late))  # during stop()
+
+    stopper = r.connect("127.0.0.1", server.port, Stopper)
+    wait_for(lambda: stopper.connected, message="the first connection")
+    r.stop(timeout=1)
+    wait_for(lambda: opened and hasattr(opened[0], "reason"), message="unbind of the late connect")
+    assert isinstance(opened[0].reason, PacketError) and "stopping" in str(opened[0].reason)
+    assert not opened[0].connected and r.connections == {}
+
+
+def test_connect_with_a_live_instance_raises_and_keeps_the_connection(reactor):
+    from packet_gevent import PacketError
+    server = reactor.start_server("127.0.0.1", 0, Connection)
+    conn = reactor.connect("127.0.0.1", server.port, Connection)
+    wait_for(lambda: conn.connected, message="connected")
+    with pytest.raises(PacketError, match="still connected"):
+        reactor.connect("127.0.0.1", server.port, conn)
+    assert conn.connected
