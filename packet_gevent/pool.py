@@ -160,7 +160,8 @@ class ForkPool(PoolScheduler, concurrent.futures.Executor):
 
     def pids(self) -> List[int]:
         """Pids of the live pool processes."""
-        return [p.pid for p in self._procs if p is not None and not p.gone]
+        # A reaped child is not live even before its channel's EOF has been read.
+        return [p.pid for p in self._procs if p is not None and not p.gone and p.child.alive]
 
     def statistics(self) -> Dict[str, Any]:
         """Counters: submitted, completed, failed, crashed, timed_out, cancelled_running, restarts..."""
