@@ -13,7 +13,8 @@ process): requests in flight there must come back as errors, never vanish.
 
 Reported: requests sent, answered (results), errors, lost (no answer by the
 deadline, or the connection dropped while waiting: must be 0), the server's
-RSS (master, and master + children) at start and end, and the kills done.
+memory at start and end (the master's RSS, and the PSS of the master and its
+children: shared copy-on-write pages counted once), and the kills done.
 Exit status 1 if anything was lost.  Every loop is bounded by the duration;
 the server is stopped by its pid (SIGTERM, then SIGKILL) at the end.
 """
@@ -75,9 +76,10 @@ def serve(port_file: str) -> int:
         echo = reactor.start_server("127.0.0.1", 0, Echo)
         evals = reactor.start_server("127.0.0.1", 0, EvalServer, lambda i: i.wow())
         defer = reactor.start_server("127.0.0.1", 0, Defer)
-        reactor.pool  # start the pool now, not on the first request
-
         def ready() -> None:
+            # Start the pool's processes now (they fork on first use), so the
+            # start-of-run memory figure includes them.
+            reactor.pool.submit(sum_of_squares, 1).result(timeout=30)
             with open(port_file + ".tmp", "w") as f:
                 json.dump({"echo": echo.port, "eval": evals.port, "defer": defer.port}, f)
             os.rename(port_file + ".tmp", port_file)
@@ -112,9 +114,23 @@ def children_of(pid: int) -> List[int]:
     return kids
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional set size: shared (copy-on-write) pages split between the processes sharing
+    them, so a sum over the process tree counts each page once (an RSS sum would not)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def memory(pid: int) -> Dict[str, int]:
-    master = rss_kib(pid)
-    return {"master_kib": master, "tree_kib": master + sum(rss_kib(c) for c in children_of(pid))}
+    children = children_of(pid)
+    return {"master_kib": rss_kib(pid), "children": len(children),
+            "tree_pss_kib": pss_kib(pid) + sum(pss_kib(c) for c in children)}
 
 
 class Tally:
@@ -249,9 +265,10 @@ def main(argv: List[str] = None) -> int:
     for service, row in sorted(report["by_service"].items()):
         print(f"    {service:6s} sent {row['sent']:,} answered {row['answered']:,} "
               f"errors {row['errors']:,} lost {row['lost']:,}")
-    print(f"  server RSS master {report['rss_start']['master_kib'] / 1024:.1f} -> "
-          f"{report['rss_end']['master_kib'] / 1024:.1f} MiB; with children "
-          f"{report['rss_start']['tree_kib'] / 1024:.1f} -> {report['rss_end']['tree_kib'] / 1024:.1f} MiB")
+    start, end = report["rss_start"], report["rss_end"]
+    print(f"  server RSS master {start['master_kib'] / 1024:.1f} -> {end['master_kib'] / 1024:.1f} MiB; "
+          f"whole tree PSS {start['tree_pss_kib'] / 1024:.1f} -> {end['tree_pss_kib'] / 1024:.1f} MiB "
+          f"({start['children']} -> {end['children']} child processes)")
     print(f"  server exit status after SIGTERM: {report['server_exit_status']}")
     if args.json:
         with open(args.json, "w") as f:
