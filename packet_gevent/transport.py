@@ -285,6 +285,9 @@ class Transport:
             self.read_watcher.stop()
             self.busy_stopped = True
 
+    # _on_readable and _on_readable_in_hub repeat their recv/error lines on
+    # purpose: a shared helper would add a Python call per message on the
+    # hottest path (~0.1 us of the 6-8 us per echo round trip).
     def _on_readable_in_hub(self) -> None:  # in the hub, for run_in_hub handlers
         try:
             data = self.sock.recv(READ_SIZE)
