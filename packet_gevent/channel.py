@@ -676,6 +676,13 @@ class Channel:
             self._drained = None
         if exc is not None and not isinstance(exc, (FrameError, SerializationError)):
             logger.debug("channel fd %d closed by %r", self._fd, exc)
+        # Drop the owner's callbacks (usually its bound methods, and it holds this
+        # channel): the cycle kept a dead worker's or pool process's objects and
+        # this 256 KiB read buffer until a full gc collection, rare in a long-lived
+        # master (soak, 150 s: master RSS 30.2 -> 38.4 MiB over 74 kills). A
+        # no-op, not None, so a started channel still refuses recv()/start().
+        if self._on_message is not None:
+            self._on_message = _ignore_message
         on_close, self._on_close = self._on_close, None
         if on_close is not None:
             if gevent.getcurrent() is self._hub:
@@ -689,6 +696,10 @@ class Channel:
             on_close(exc)
         except Exception:
             logger.exception("channel fd %d: on_close callback raised", self._fd)
+
+
+def _ignore_message(_obj: Any) -> None:
+    """A closed channel's on_message: the owner's callback is dropped at close."""
 
 
 # -- the blocking end (pool children) -------------------------------------------------

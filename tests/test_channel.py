@@ -405,3 +405,37 @@ def test_blocking_channel_sends_big_and_many_in_one_call():
     assert [receiver.recv(), receiver.recv(), receiver.recv()] == [1, big, 2]
     sender.close()
     receiver.close()
+
+
+def test_a_closed_channel_frees_its_owner_without_a_gc_collection():
+    """The owner's callbacks are dropped at close: no owner <-> channel cycle left for a
+    full collection (a long-lived master rarely runs one; the soak's RSS grew with kills)."""
+    import gc
+    import weakref
+
+    class Owner:
+        def __init__(self, sock):
+            self.channel = Channel(sock)
+            self.channel.start(self.on_message, self.on_close)
+
+        def on_message(self, obj):
+            pass
+
+        def on_close(self, exc):
+            closed.set()
+
+    closed = gevent.event.Event()
+    ours, theirs = socket.socketpair()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        owner = Owner(ours)
+        refs = [weakref.ref(owner), weakref.ref(owner.channel)]
+        theirs.close()  # EOF: the channel closes itself, as when a child dies
+        assert closed.wait(10)
+        gevent.sleep(0)
+        del owner
+        assert [r() for r in refs] == [None, None]
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -381,3 +381,33 @@ def test_master_sigkilled_its_pool_processes_die_within_a_second():
             master.wait(10)
         master.stdout.close()
         master.stderr.close()
+
+
+def test_killed_processes_are_freed_without_a_gc_collection():
+    """N pool processes SIGKILLed and replaced: their PoolProcess, ChildProcess and Channel
+    (256 KiB read buffer) are freed by reference counting, not left for a full collection."""
+    import gc
+    import weakref
+
+    from packet_gevent.channel import Channel
+
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        with ForkPool(1) as pool:
+            refs = []
+            for _ in range(3):
+                pid = pool.submit(os.getpid).result(timeout=30)
+                proc = next(p for p in pool._procs if p is not None and p.pid == pid)
+                refs += [weakref.ref(proc), weakref.ref(proc.child), weakref.ref(proc.channel)]
+                assert isinstance(proc.channel, Channel)
+                del proc
+                os.kill(pid, signal.SIGKILL)
+                wait_for(lambda: pid not in pool.pids(), timeout=15, message=f"pid {pid} to go")
+            # Without the fix they stay alive (in a cycle) while gc is disabled.
+            wait_for(lambda: all(r() is None for r in refs), timeout=10,
+                     message=f"killed processes freed: {[r() for r in refs]}")
+    finally:
+        if was_enabled:
+            gc.enable()
