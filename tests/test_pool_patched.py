@@ -13,13 +13,7 @@ import gevent
 from packet_gevent import ForkPool, TaskTimeout, WorkerCrashed
 from tests.test_pool import inc, nap, pid_of, add
 from tests.test_pool_faults import kill_self, exit_with, raise_custom, CustomError, signal_then_nap
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+from tests.conftest import alive
 """
 
 
