@@ -10,13 +10,13 @@ reactor does not import the process machinery.
 from typing import Any
 
 from .codec import Codec, JsonCodec
-from .connection import Connection
+from .net.connection import Connection
 from .errors import (ChannelClosed, CodecError, FrameError, IdleTimeout, InvalidWorker,
                      OutboundOverflow, PacketError, PoolBroken, PoolClosed, SerializationError,
                      TaskTimeout, WorkerCrashed, WorkerError, WorkerLoadError)
 from .framing import BinParser, FrameDecoder, encode_frame
-from .reactor import Reactor
-from .server import Server
+from .net.reactor import Reactor
+from .net.server import Server
 from .timers import Timer
 
 __version__ = "0.1.0"
@@ -27,10 +27,10 @@ _LAZY = {
     "MetaPimp": "workers",
     "Callback": "workers",
     "ForkPool": "pool",
-    "spawn_child": "process",
-    "ChildProcess": "process",
-    "Channel": "channel",
-    "BlockingChannel": "channel",
+    "spawn_child": "ipc.process",
+    "ChildProcess": "ipc.process",
+    "Channel": "ipc.channel",
+    "BlockingChannel": "ipc.channel",
 }
 
 __all__ = [

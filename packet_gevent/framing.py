@@ -36,7 +36,7 @@ preallocated ``bytearray`` copied out as ``bytes``, run alternately):
   costs 0.66 ms per 16 MiB here against 0.23 ms for ``bytearray(n)``);
   via payload_buffer_remaining/commit: 20-21 ms, 6.3-6.8 GB/s (before 19-20
   ms).  Through a socket, receiving into the object handed out is what
-  counts: see :mod:`packet_gevent.channel`.
+  counts: see :mod:`packet_gevent.ipc.channel`.
 """
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ import gevent.event
 import gevent.socket
 from gevent.server import StreamServer
 
-from packet_gevent.channel import BlockingChannel, Channel
-from packet_gevent.process import live_children, spawn_child
+from packet_gevent.ipc.channel import BlockingChannel, Channel
+from packet_gevent.ipc.process import live_children, spawn_child
 
 TIMEOUT = 10.0
 

@@ -1,4 +1,4 @@
-"""Tests for packet_gevent.channel over real socketpairs to real child processes."""
+"""Tests for packet_gevent.ipc.channel over real socketpairs to real child processes."""
 from __future__ import annotations
 
 import json
@@ -12,10 +12,10 @@ import gevent
 import gevent.event
 import pytest
 
-from packet_gevent.channel import OOB_THRESHOLD, BlockingChannel, Channel, _Encoder
+from packet_gevent.ipc.channel import OOB_THRESHOLD, BlockingChannel, Channel, _Encoder
 from packet_gevent.errors import ChannelClosed, FrameError, SerializationError
 from packet_gevent.framing import encode_frame
-from packet_gevent.process import spawn_child
+from packet_gevent.ipc.process import spawn_child
 
 from . import helpers_process as h
 

@@ -9,7 +9,7 @@ import gevent.event
 import pytest
 
 from packet_gevent import ForkPool, PoolClosed, WorkerCrashed
-from packet_gevent.futures import Future, TaskResult, as_completed, wait
+from packet_gevent.pool.futures import Future, TaskResult, as_completed, wait
 from tests.conftest import alive, assert_gone, wait_for
 
 

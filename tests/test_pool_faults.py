@@ -16,7 +16,7 @@ import pytest
 
 from packet_gevent import (ForkPool, PoolBroken, SerializationError, TaskTimeout, WorkerCrashed,
                            WorkerError)
-from packet_gevent.tasks import RemoteTraceback
+from packet_gevent.pool.tasks import RemoteTraceback
 from tests.conftest import alive, assert_gone, run_script, wait_for
 from tests.test_pool import inc, nap, pid_of
 
@@ -389,7 +389,7 @@ def test_killed_processes_are_freed_without_a_gc_collection():
     import gc
     import weakref
 
-    from packet_gevent.channel import Channel
+    from packet_gevent.ipc.channel import Channel
 
     was_enabled = gc.isenabled()
     gc.collect()

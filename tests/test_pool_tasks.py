@@ -8,8 +8,8 @@ import numpy
 import pytest
 
 from packet_gevent import ForkPool, SerializationError, WorkerError
-from packet_gevent.futures import Future
-from packet_gevent.tasks import (ERR, OK, OOB_THRESHOLD, GroupDecodeError, RemoteTraceback, TaskCodec,
+from packet_gevent.pool.futures import Future
+from packet_gevent.pool.tasks import (ERR, OK, OOB_THRESHOLD, GroupDecodeError, RemoteTraceback, TaskCodec,
                                  encode_exception, rebuild_exception, run_call)
 from tests.test_pool import inc
 from tests.test_pool_faults import NeedsTwoArgs, return_lock

@@ -1,4 +1,4 @@
-"""Tests for packet_gevent.process: real forks, real socketpairs, every trap of
+"""Tests for packet_gevent.ipc.process: real forks, real socketpairs, every trap of
 fork-under-gevent.md that a test can show, also under gevent.monkey.patch_all()."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import time
 
 import gevent
 
-from packet_gevent import process
-from packet_gevent.process import live_children, spawn_child
+from packet_gevent.ipc import process
+from packet_gevent.ipc.process import live_children, spawn_child
 
 from . import helpers_process as h
 from .conftest import ROOT, run_script
@@ -223,7 +223,7 @@ def test_exit_status_kept_when_libev_reaps_children():
     out = _check(run_script("""
         import signal
         import gevent.subprocess
-        from packet_gevent import process
+        from packet_gevent.ipc import process
         from tests import helpers_process as h
         assert not process._libev_reaps_children()
         early = process.spawn_child(h.wait_for_eof)
@@ -246,7 +246,7 @@ def test_importing_patches_nothing_global():
         import os, signal, socket
         import multiprocessing.popen_fork as pf
         before = (pf.Popen.poll, os.fork, os.close, os.waitpid, signal.signal, socket.socket)
-        import packet_gevent.process, packet_gevent.channel
+        import packet_gevent.ipc.process, packet_gevent.ipc.channel
         after = (pf.Popen.poll, os.fork, os.close, os.waitpid, signal.signal, socket.socket)
         print(all(a is b for a, b in zip(before, after)))
         """))
@@ -256,7 +256,7 @@ def test_importing_patches_nothing_global():
 def test_buffered_stdout_is_not_written_twice():
     out = _check(run_script("""
         import sys
-        from packet_gevent.process import spawn_child
+        from packet_gevent.ipc.process import spawn_child
         print("before")          # stdout is a pipe: block-buffered, not yet written
         child = spawn_child(lambda sock: print("child", flush=True))
         child.wait(10)
@@ -266,7 +266,7 @@ def test_buffered_stdout_is_not_written_twice():
 
 def test_atexit_kills_and_reaps_live_children():
     out = _check(run_script("""
-        from packet_gevent.process import spawn_child
+        from packet_gevent.ipc.process import spawn_child
         from tests import helpers_process as h
         child = spawn_child(h.wait_for_eof)
         print(child.pid, flush=True)
@@ -279,7 +279,7 @@ def test_atexit_kills_and_reaps_live_children():
 def test_children_die_within_a_second_when_the_master_is_killed():
     script = textwrap.dedent("""
         import time
-        from packet_gevent.process import spawn_child
+        from packet_gevent.ipc.process import spawn_child
         children = [spawn_child(lambda sock: time.sleep(60)) for _ in range(2)]
         print(*[c.pid for c in children], flush=True)
         time.sleep(60)

@@ -585,7 +585,7 @@ def test_importing_packet_gevent_patches_nothing():
     code = """
         import os, socket, time, multiprocessing.popen_fork as pf
         before = (socket.socket, time.sleep, os.fork, pf.Popen.poll)
-        import packet_gevent, packet_gevent.reactor
+        import packet_gevent, packet_gevent.net.reactor
         from gevent import monkey
         after = (socket.socket, time.sleep, os.fork, pf.Popen.poll)
         assert before == after

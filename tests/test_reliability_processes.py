@@ -10,7 +10,7 @@ import gevent
 import gevent.event
 import pytest
 
-import packet_gevent.workers as workers_module
+import packet_gevent.workers.manager as workers_module
 from packet_gevent import Reactor
 from tests.conftest import ROOT, wait_for
 

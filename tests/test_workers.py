@@ -17,8 +17,7 @@ import pytest
 
 from packet_gevent import (Callback, Connection, FrameError, InvalidWorker, MetaPimp, Reactor,
                            SerializationError, WorkerCrashed, WorkerError)
-from packet_gevent import workers as workers_module
-
+from packet_gevent.workers import manager as workers_module
 from .conftest import wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -164,7 +163,7 @@ def test_a_reply_for_a_connection_that_has_gone_is_dropped(served, caplog):
     a.ask("echo_worker", ["sleep", 0.2])
     wait_for(lambda: reactor.workers.pending_count() == 1, message="the request to be pending")
     a.close()
-    with caplog.at_level(logging.DEBUG, logger="packet_gevent.workers"):
+    with caplog.at_level(logging.DEBUG, logger="packet_gevent.workers.manager"):
         wait_for(lambda: reactor.workers.pending_count() == 0, message="the reply")
         wait_for(lambda: "it has gone" in caplog.text, message="the debug log")
     b = connect()  # the reactor is fine
@@ -340,7 +339,7 @@ def test_no_auto_load_start_worker_with_keys_and_delete_worker(wreactor, caplog)
     with pytest.raises(InvalidWorker):
         wreactor.ask_worker("lazy_worker", data=1)  # no instance without a key
     # Starting a running key again: a no-op with a warning.
-    with caplog.at_level(logging.WARNING, logger="packet_gevent.workers"):
+    with caplog.at_level(logging.WARNING, logger="packet_gevent.workers.manager"):
         assert wreactor.start_worker(worker="lazy_worker", worker_key="a") is pimp_a
     assert "already running" in caplog.text
     assert wreactor.workers.pids("lazy_worker", "a") == [reply_a["pid"]]
@@ -464,7 +463,7 @@ def _errors_after_kill(reactor, connect, sig_or_exit):
 
 def test_sigkill_with_requests_in_flight_each_gets_one_error_and_the_worker_comes_back(served, caplog):
     reactor, connect = served
-    with caplog.at_level(logging.ERROR, logger="packet_gevent.workers"):
+    with caplog.at_level(logging.ERROR, logger="packet_gevent.workers.manager"):
         a, pid, replies = _errors_after_kill(reactor, connect, signal.SIGKILL)
     expected = f"worker echo_worker (pid {pid}) killed by signal 9 (SIGKILL)"
     assert [r["type"] for r in replies] == ["error"] * 5
@@ -512,7 +511,7 @@ def test_without_restart_a_dead_worker_is_gone(caplog):
             reactor.ask_worker("echo_worker", data=("echo", 1))
         # worker_init raising: the request sent meanwhile gets the error.
         reactor.start_worker(worker="lazy_worker", worker_key="f", fail_init=True)
-        with caplog.at_level(logging.ERROR, logger="packet_gevent.workers"):
+        with caplog.at_level(logging.ERROR, logger="packet_gevent.workers.manager"):
             reply = ask(reactor, "lazy_worker", "x", key="f")
         assert reply["type"] == "error" and "exited with code 3" in reply["error"]
         assert "worker_init raised" in caplog.text and "failed on purpose" in caplog.text

@@ -8,8 +8,7 @@ import gevent.event
 import pytest
 
 from packet_gevent import Reactor, Worker
-from packet_gevent import worker_process
-
+from packet_gevent.workers import process as worker_process
 from .conftest import wait_for
 from .test_workers import proc_gone
 

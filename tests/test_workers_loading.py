@@ -5,9 +5,9 @@ import pickle
 import pytest
 
 from packet_gevent import InvalidWorker, MetaPimp, Pimp, Reactor, Worker, WorkerLoadError
-from packet_gevent.pimp import Callback, find_pimp_class
-from packet_gevent.worker import snake_name
-from packet_gevent.workers import load_worker_root
+from packet_gevent.workers.pimp import Callback, find_pimp_class
+from packet_gevent.workers.worker import snake_name
+from packet_gevent.workers.manager import load_worker_root
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DIRS = os.path.join(HERE, "worker_dirs")
@@ -134,12 +134,14 @@ def test_worker_and_proxy_names_are_exported_lazily():
 
 
 def test_workers_module_still_exports_the_names_that_moved():
-    from packet_gevent import loader, pimp, worker
-    from packet_gevent.workers import (MAX_QUEUED, Callback as C, MetaPimp as M, Pimp as P,
+    from packet_gevent.workers import loader
+    from packet_gevent.workers import pimp
+    from packet_gevent.workers import worker
+    from packet_gevent.workers.manager import (MAX_QUEUED, Callback as C, MetaPimp as M, Pimp as P,
                                        Worker as W, WorkerManager, load_worker_root as load)
     assert (W, P, M, C, load) == (worker.Worker, pimp.Pimp, pimp.MetaPimp, pimp.Callback,
                                   loader.load_worker_root)
-    assert isinstance(MAX_QUEUED, int) and WorkerManager.__module__ == "packet_gevent.workers"
+    assert isinstance(MAX_QUEUED, int) and WorkerManager.__module__ == "packet_gevent.workers.manager"
 
 
 def test_worker_root_setting_for_packet_users_via_reactor_run(tmp_path):

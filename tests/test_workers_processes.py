@@ -182,7 +182,7 @@ def test_importing_the_worker_modules_patches_nothing():
     results = _run("""
         import json, os, socket, threading, multiprocessing.popen_fork as pf
         before = (socket.socket, os.close, os.fork, threading.Lock, pf.Popen.poll)
-        import packet_gevent.workers, packet_gevent.worker, packet_gevent.pimp
+        import packet_gevent.workers.manager, packet_gevent.workers.worker, packet_gevent.workers.pimp
         import demos.eval_server
         after = (socket.socket, os.close, os.fork, threading.Lock, pf.Popen.poll)
         print(json.dumps({"same": before == after}))

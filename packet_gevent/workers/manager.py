@@ -28,7 +28,7 @@ not ``no_auto_load``, each in its own forked process(es)
   restarted process; past the bound they are answered with an error at once.
   Requests in flight at a crash are *not* retried (they may have had effects).
 
-Measured with ``python -m packet_gevent.workers`` (:func:`_measure`; Python
+Measured with ``python -m packet_gevent.workers.manager`` (:func:`_measure`; Python
 3.11, shared 2-core VM; medians of 8 runs alternating with the previous
 version, which spawned two greenlets per reply, in two sessions):
 
@@ -60,13 +60,13 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 import gevent
 import gevent.event
 
-from .errors import (ChannelClosed, FrameError, InvalidWorker, SerializationError, WorkerCrashed,
+from ..errors import (ChannelClosed, FrameError, InvalidWorker, SerializationError, WorkerCrashed,
                      WorkerError)
 from .loader import find_proxy_class, load_worker_root
 from .pimp import Callback, MetaPimp, Pimp
-from .runner import SerialRunner
+from ..runner import SerialRunner
 from .worker import INIT_FAILED, LOG, MSG, READY, ROUTING_KEYS, Worker, error_reply
-from .worker_process import WorkerProcess
+from .process import WorkerProcess
 
 __all__ = ["WorkerManager", "Worker", "Pimp", "MetaPimp", "Callback", "load_worker_root",
            "MAX_QUEUED"]
@@ -486,7 +486,7 @@ class WorkerManager:
             logger.debug("worker %s (pid %d) is ready", group.label, proc.pid)
         elif kind == LOG:
             level, text = payload
-            logging.getLogger(f"{__name__}.{group.name}").log(level, "[%s pid %d] %s",
+            logging.getLogger(f"{__package__}.{group.name}").log(level, "[%s pid %d] %s",
                                                                group.label, proc.pid, text)
         elif kind == INIT_FAILED:
             logger.error("worker %s (pid %d): worker_init raised:\n%s", group.label, proc.pid, payload)
@@ -624,8 +624,8 @@ def _measure() -> None:  # pragma: no cover - run by hand to refresh the docstri
     import signal
     import time
 
-    from . import workers as this  # not __main__: the module the reactor uses
-    from .reactor import Reactor
+    from . import manager as this  # not __main__: the module the reactor uses
+    from ..net.reactor import Reactor
 
     this.RESTART_RESET = 0.0  # restart at once every time: measure the restart, not the backoff
 

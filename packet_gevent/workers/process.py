@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Optional
 
 import gevent
 
-from .errors import ChannelClosed
+from ..errors import ChannelClosed
 from .worker import STOP, run_worker
 
 __all__ = ["WorkerProcess", "EXIT_WAIT", "EOF_WAIT"]
@@ -48,8 +48,8 @@ class WorkerProcess:
                  max_message_size: Optional[int],
                  on_message: Callable[["WorkerProcess", Any], Any],
                  on_dead: Callable[["WorkerProcess"], Any]) -> None:
-        from .channel import Channel
-        from .process import spawn_child
+        from ..ipc.channel import Channel
+        from ..ipc.process import spawn_child
 
         self.group = group        # the manager's record of this worker (label, cls, key...)
         self.index = index        # place in the group's pool
@@ -165,7 +165,7 @@ class WorkerProcess:
 def _child_main(sock: Any, cls: type, worker_key: Any, options: Dict[str, Any], index: int,
                 stop_grace: float, max_message_size: Optional[int]) -> int:
     """Runs in the forked child (fresh hub, no inherited fds but ``sock``)."""
-    from .channel import Channel
+    from ..ipc.channel import Channel
     channel = Channel(sock, **_channel_options(max_message_size))
     return run_worker(channel, cls, worker_key, options, index, stop_grace)
 

@@ -31,7 +31,7 @@ turn leave in one ``sendmsg``, receiving is callbacks from a persistent read
 watcher (``start``) or a cooperative ``recv``.  :class:`BlockingChannel` is for
 pool children that need no hub at all: plain blocking syscalls, batches.
 
-Measured with ``python -m packet_gevent.channel`` (:func:`_measure`; Python
+Measured with ``python -m packet_gevent.ipc.channel`` (:func:`_measure`; Python
 3.11, shared 2-core VM, master Channel in its hub, child BlockingChannel
 echoing; three runs):
 
@@ -77,8 +77,8 @@ import gevent
 import gevent.event
 from gevent.timeout import Timeout
 
-from .errors import ChannelClosed, FrameError, SerializationError
-from .framing import HEADER_SIZE, MAX_FRAME_LIMIT, FrameDecoder, frame_header
+from ..errors import ChannelClosed, FrameError, SerializationError
+from ..framing import HEADER_SIZE, MAX_FRAME_LIMIT, FrameDecoder, frame_header
 
 __all__ = ["Channel", "BlockingChannel", "DEFAULT_MAX_MESSAGE_SIZE", "OOB_THRESHOLD"]
 

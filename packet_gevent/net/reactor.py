@@ -34,9 +34,9 @@ import gevent.event
 import gevent.socket
 
 from .connection import Connection, as_connection_class
-from .errors import PacketError
+from ..errors import PacketError
 from .server import Server, listener_for
-from .timers import Timer, TimerMethods
+from ..timers import Timer, TimerMethods
 from .transport import CALLBACK_ERRORS, CLOSED, OPEN, raw_socket_from
 
 __all__ = ["Reactor"]
@@ -376,7 +376,7 @@ class Reactor(TimerMethods):
     def workers(self) -> Any:
         """The WorkerManager (created on first use)."""
         if self._workers is None:
-            from .workers import WorkerManager
+            from ..workers.manager import WorkerManager
             self._workers = WorkerManager(self, self.worker_root, worker_options=self.worker_options,
                                           restart=self.restart_workers,
                                           max_message_size=self.max_message_size)
@@ -405,13 +405,13 @@ class Reactor(TimerMethods):
     def pool(self) -> Any:
         """The reactor's ForkPool, used by ``Connection.defer`` (created on first use)."""
         if self._pool is None:
-            from .pool import ForkPool
+            from ..pool.executor import ForkPool
             self._pool = ForkPool(self.pool_size)
         return self._pool
 
     def _defer(self, conn: Connection, fn: Callable[..., Any], args: tuple, kwargs: dict,
                callback: Optional[Callable[[Any], Any]]) -> Any:
-        from .pool import defer_to_connection
+        from ..pool.executor import defer_to_connection
         return defer_to_connection(self, conn, fn, args, kwargs, callback)
 
     # ---------------------------------------------------------- lifecycle

@@ -22,9 +22,9 @@ import gevent
 import gevent.event
 import gevent.lock
 
-from .errors import PoolBroken, PoolClosed, SerializationError, TaskTimeout
+from ..errors import PoolBroken, PoolClosed, SerializationError, TaskTimeout
 from .futures import Future
-from .pool_process import Markers, PoolProcess
+from .process import Markers, PoolProcess
 from .tasks import OK, Task, TaskCodec, describe_callable, rebuild_exception
 
 __all__ = ["PoolScheduler", "PIPELINE_SECONDS", "MAX_INFLIGHT", "MAX_REQUEUES"]

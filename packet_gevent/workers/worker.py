@@ -229,7 +229,7 @@ def run_worker(channel: Any, cls: type, worker_key: Any, options: Dict[str, Any]
     ``channel`` is this process's end of the master channel (a hub
     :class:`~packet_gevent.channel.Channel`).  Returns the exit status.
     """
-    from .reactor import Reactor
+    from ..net.reactor import Reactor
 
     # SIGINT is ignored here (spawn_child's default): Ctrl-C in a terminal
     # signals the whole process group, and the master decides (it stops us).

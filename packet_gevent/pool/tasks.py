@@ -28,7 +28,7 @@ import sys
 import traceback
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .errors import SerializationError, WorkerError
+from ..errors import SerializationError, WorkerError
 
 __all__ = [
     "OK", "ERR", "OOB_THRESHOLD", "Task", "Call", "Encoded", "TaskCodec", "GroupDecodeError",

@@ -86,10 +86,10 @@ from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optiona
 import gevent
 import gevent.queue
 
-from . import pool_process
-from .errors import PoolClosed
+from . import process as pool_process
+from ..errors import PoolClosed
 from .futures import Future, TaskResult
-from .pool_scheduler import MAX_INFLIGHT, PoolScheduler, _TaskFuture
+from .scheduler import MAX_INFLIGHT, PoolScheduler, _TaskFuture
 from .tasks import call_chunk, describe_callable
 
 __all__ = ["ForkPool", "defer_to_connection", "SUBMIT_BURST", "EXIT_GRACE"]

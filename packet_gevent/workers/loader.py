@@ -18,7 +18,7 @@ import sys
 import types
 from typing import Dict, Iterable, List, Optional, Tuple, Type
 
-from .errors import WorkerLoadError
+from ..errors import WorkerLoadError
 from .pimp import Pimp, find_pimp_class
 from .worker import Worker
 

@@ -88,7 +88,7 @@ import gevent.event
 from gevent._hub_local import get_hub_if_exists, get_loop, set_hub, set_loop
 from gevent.monkey import get_original
 
-from .errors import WorkerCrashed
+from ..errors import WorkerCrashed
 
 __all__ = ["ChildProcess", "spawn_child", "live_children"]
 

@@ -44,8 +44,8 @@ import time
 import traceback
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
-from .channel import BlockingChannel, Channel
-from .process import ChildProcess, spawn_child
+from ..ipc.channel import BlockingChannel, Channel
+from ..ipc.process import ChildProcess, spawn_child
 from .tasks import ERR, Encoded, GroupDecodeError, Task, TaskCodec, run_call
 
 __all__ = ["PoolProcess", "Markers", "RUN", "SKIP", "DONE", "BAD_GROUP", "INIT_FAILED",

@@ -20,10 +20,10 @@ import itertools
 import logging
 from typing import Any, Callable, Dict, Optional, Type
 
-from .codec import ObjectDecoder, encode_object, get_codec
-from .errors import FrameError, CodecError
-from .framing import DEFAULT_MAX_FRAME_SIZE
-from .timers import Timer, TimerMethods
+from ..codec import ObjectDecoder, encode_object, get_codec
+from ..errors import FrameError, CodecError
+from ..framing import DEFAULT_MAX_FRAME_SIZE
+from ..timers import Timer, TimerMethods
 from .transport import OPEN, Transport
 
 __all__ = ["Connection", "as_connection_class"]

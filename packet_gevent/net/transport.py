@@ -35,7 +35,7 @@ import gevent
 import gevent.event
 from gevent.monkey import get_original
 
-logger = logging.getLogger("packet_gevent.connection")
+logger = logging.getLogger("packet_gevent.net.connection")
 
 # The real os.close: gevent >= 25.8 patches os.close to defer closing to the
 # next loop pass (fork-under-gevent.md, trap 2).  We close right away.
@@ -201,7 +201,7 @@ class Transport:
         except greenlet.GreenletExit:
             # Killed by a reactor stop that ran out of patience.
             if not self.unbind_done:
-                from .errors import PacketError
+                from ..errors import PacketError
                 self._close(PacketError("a callback was still blocked when Reactor.stop's grace "
                                         "period ended; the connection was closed under it"))
                 self._run_unbind()
@@ -391,7 +391,7 @@ class Transport:
         self.out_size += len(data)
         limit = self.conn.max_outbound_size
         if limit is not None and self.out_size > limit:
-            from .errors import OutboundOverflow
+            from ..errors import OutboundOverflow
             logger.warning("closing %r: %d bytes queued for a peer that does not read "
                            "(max_outbound_size=%d)", self.conn, self.out_size, limit)
             self._close(OutboundOverflow(
@@ -571,7 +571,7 @@ class Transport:
             self.last_activity = self.loop.now()
         idle_for = self.loop.now() - self.last_activity
         if idle_for >= self.idle_timeout:
-            from .errors import IdleTimeout
+            from ..errors import IdleTimeout
             logger.info("closing %r: no data for %.3f s (idle_timeout)", self.conn, idle_for)
             self._close(IdleTimeout(f"no data received for {self.idle_timeout} s; "
                                     "closed by idle_timeout"))
