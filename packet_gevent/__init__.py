@@ -2,31 +2,50 @@
 
 An EventMachine-style reactor with one greenlet per connection, Packet's
 forked UNIX workers, and a fork pool that replaces ``gevent.threadpool``.
-Importing this package patches nothing global.
+Importing this package patches nothing global and starts no process.
 
-The worker and pool names are loaded on first use, so a plain network
-reactor does not import the process machinery.
+The layers (ARCHITECTURE.md): the ground floor (``errors``, ``framing``,
+``codec``, ``timers``, ``runner``); the reactor layer (:mod:`.net`), which
+knows nothing of processes; the process layer (:mod:`.ipc`); workers
+(:mod:`.workers`) and the pool (:mod:`.pool`) on top; and :mod:`.packet`,
+the façade whose :class:`Reactor` joins them.  The names above the reactor
+layer load on first use, so ``packet_gevent.net`` alone never imports the
+code that forks.
 """
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .codec import Codec, JsonCodec
-from .net.connection import Connection
 from .errors import (ChannelClosed, CodecError, FrameError, IdleTimeout, InvalidWorker,
-                     OutboundOverflow, PacketError, PoolBroken, PoolClosed, SerializationError,
-                     TaskTimeout, WorkerCrashed, WorkerError, WorkerLoadError)
+                     OutboundOverflow, PacketError, PoolBroken, PoolClosed, ReactorError,
+                     ReactorStopping, SerializationError, TaskTimeout, WorkerCrashed, WorkerError,
+                     WorkerLoadError)
 from .framing import BinParser, FrameDecoder, encode_frame
-from .net.reactor import Reactor
+from .net.connection import Connection
 from .net.server import Server
 from .timers import Timer
+
+if TYPE_CHECKING:  # loaded lazily at run time (see __getattr__)
+    from .ipc.channel import BlockingChannel, Channel
+    from .ipc.process import ChildProcess, spawn_child
+    from .packet import Reactor
+    from .pool.executor import ForkPool
+    from .pool.futures import Future, TaskResult, as_completed, wait
+    from .workers.pimp import Callback, MetaPimp, Pimp
+    from .workers.worker import Worker
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Worker": "workers",
-    "Pimp": "workers",
-    "MetaPimp": "workers",
-    "Callback": "workers",
-    "ForkPool": "pool",
+    "Reactor": "packet",
+    "Worker": "workers.worker",
+    "Pimp": "workers.pimp",
+    "MetaPimp": "workers.pimp",
+    "Callback": "workers.pimp",
+    "ForkPool": "pool.executor",
+    "Future": "pool.futures",
+    "TaskResult": "pool.futures",
+    "wait": "pool.futures",
+    "as_completed": "pool.futures",
     "spawn_child": "ipc.process",
     "ChildProcess": "ipc.process",
     "Channel": "ipc.channel",
@@ -36,11 +55,12 @@ _LAZY = {
 __all__ = [
     "Reactor", "Connection", "Server", "Timer",
     "BinParser", "FrameDecoder", "encode_frame", "Codec", "JsonCodec",
-    "Worker", "Pimp", "MetaPimp", "Callback", "ForkPool",
+    "Worker", "Pimp", "MetaPimp", "Callback",
+    "ForkPool", "Future", "TaskResult", "wait", "as_completed",
     "spawn_child", "ChildProcess", "Channel", "BlockingChannel",
-    "PacketError", "FrameError", "CodecError", "InvalidWorker", "WorkerLoadError",
-    "WorkerCrashed", "WorkerError", "SerializationError", "PoolClosed", "PoolBroken", "TaskTimeout",
-    "IdleTimeout", "OutboundOverflow", "ChannelClosed",
+    "PacketError", "ReactorError", "ReactorStopping", "FrameError", "CodecError",
+    "InvalidWorker", "WorkerLoadError", "WorkerCrashed", "WorkerError", "SerializationError",
+    "PoolClosed", "PoolBroken", "TaskTimeout", "IdleTimeout", "OutboundOverflow", "ChannelClosed",
 ]
 
 
@@ -52,3 +72,7 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(f".{module_name}", __name__), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(__all__))

@@ -23,11 +23,22 @@ __all__ = [
     "ChannelClosed",
     "TaskTimeout",
     "PoolBroken",
+    "ReactorError",
+    "ReactorStopping",
 ]
 
 
 class PacketError(Exception):
     """Base class of every error raised by packet_gevent."""
+
+
+class ReactorError(PacketError, RuntimeError):
+    """A reactor was asked for something it cannot do in its state or kind
+    (connect a handler that is still connected; ask the core reactor for workers)."""
+
+
+class ReactorStopping(ReactorError):
+    """The reactor is stopping: it opens no new connections and starts no workers."""
 
 
 class FrameError(PacketError, ValueError):

@@ -77,7 +77,7 @@ def test_defer_runs_the_callback_in_the_connection_greenlet(reactor):
 
 
 def test_defer_result_for_a_gone_connection_is_dropped(reactor, caplog):
-    caplog.set_level(logging.DEBUG, logger="packet_gevent.pool.executor")
+    caplog.set_level(logging.DEBUG, logger="packet_gevent.packet")
     instances = []
     server = reactor.start_server("127.0.0.1", 0, Connection, instances.append)
     sock = client(server)

@@ -224,7 +224,7 @@ class Connection(TimerMethods):
     def ask_worker(self, worker_name: str, data: Any = None, type: str = "request",
                    worker_key: Any = None, callback: Any = None, **extra: Any) -> Any:
         """Send a request to a worker; its reply arrives in ``worker_receive``."""
-        return self._reactor._ask_worker(self, worker_name, data=data, type=type,
+        return self._reactor.ask_worker_for(self, worker_name, data=data, type=type,
                                          worker_key=worker_key, callback=callback, **extra)
 
     def start_worker(self, *args: Any, **kwargs: Any) -> Any:
@@ -240,7 +240,7 @@ class Connection(TimerMethods):
         The result (or the exception) goes to ``callback`` if given, else to
         ``worker_receive`` as a reply dict, in this connection's greenlet.
         """
-        return self._reactor._defer(self, fn, args, kwargs, callback)
+        return self._reactor.defer_for(self, fn, args, kwargs, callback)
 
     @property
     def reactor(self) -> Any:

@@ -1,4 +1,4 @@
-"""Reactor: servers, outgoing connections, timers, hooks, workers, run/stop.
+"""The core Reactor: servers, outgoing connections, timers, hooks, services, run/stop.
 
 Packet style::
 
@@ -15,9 +15,10 @@ Instance style::
     r.stop(timeout=5)                    # graceful
 
 Several reactors can run at once on one hub; a reactor started in another
-thread runs on that thread's hub.  Workers (``worker_root=``) and the fork
-pool used by ``defer`` are attached lazily, so a plain network reactor pays
-nothing for them.
+thread runs on that thread's hub.  This is the core reactor: it imports no
+process code.  Workers and the fork pool run as services
+(:meth:`Reactor.add_service`) of :class:`packet_gevent.Reactor`, the façade
+users import.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import os
 import signal
 import ssl as _ssl
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Protocol
 
 import greenlet
 import gevent
@@ -34,33 +35,17 @@ import gevent.event
 import gevent.socket
 
 from .connection import Connection, as_connection_class
-from ..errors import PacketError
+from ..errors import ReactorError, ReactorStopping
 from .server import Server, listener_for
 from ..timers import Timer, TimerMethods
 from .transport import CALLBACK_ERRORS, CLOSED, OPEN, raw_socket_from
 
-__all__ = ["Reactor"]
+__all__ = ["Reactor", "Service"]
 
 logger = logging.getLogger(__name__)
 
 #: Listen backlog.  Connections beyond ``max_connections`` wait here.
 DEFAULT_BACKLOG = 1024
-
-
-def default_worker_root() -> Optional[str]:
-    """Packet's ``WORKER_ROOT`` setting, used by ``Reactor.run`` without ``worker_root=``.
-
-    Looked up in this order: ``packet_gevent.WORKER_ROOT`` (set it before
-    building the reactor), a ``WORKER_ROOT`` global of the ``__main__`` script
-    (Packet's constant), the ``WORKER_ROOT`` environment variable.
-    """
-    import sys
-    for module_name in ("packet_gevent", "__main__"):
-        module = sys.modules.get(module_name)
-        value = getattr(module, "WORKER_ROOT", None) if module is not None else None
-        if value:
-            return os.fspath(value)
-    return os.environ.get("WORKER_ROOT") or None
 
 
 class _ClassOrInstanceHook:
@@ -88,33 +73,39 @@ class _ClassOrInstanceHook:
         return register_for_instance
 
 
+class Service(Protocol):
+    """What :meth:`Reactor.add_service` runs alongside a reactor."""
+
+    def start(self) -> None: ...
+
+    def pending(self) -> int: ...
+
+    def stop(self, timeout: float) -> None: ...
+
+
+def _no_processes(what: str) -> ReactorError:
+    return ReactorError(f"{what} needs processes, which the core reactor "
+                        f"(packet_gevent.net.reactor.Reactor) does not run: use packet_gevent.Reactor")
+
+
 class Reactor(TimerMethods):
-    """An event reactor: the registry of servers, connections, timers and workers."""
+    """An event reactor: the registry of servers, connections, timers and services."""
 
     _class_after_connection: List[Any] = []
     after_connection = _ClassOrInstanceHook()
 
-    def __init__(self, worker_root: Optional[str] = None, *,
+    def __init__(self, *,
                  max_connections: Optional[int] = None,
                  idle_timeout: Optional[float] = None,
                  connect_timeout: Optional[float] = None,
                  backlog: int = DEFAULT_BACKLOG,
-                 stop_grace: float = 5.0,
-                 worker_options: Optional[Dict[str, Any]] = None,
-                 restart_workers: bool = True,
-                 pool_size: Optional[int] = None,
-                 max_message_size: Optional[int] = None) -> None:
+                 stop_grace: float = 5.0) -> None:
         #: Defaults for ``start_server`` / ``connect`` options.
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
         self.backlog = backlog
         self.stop_grace = stop_grace
-        self.worker_root = worker_root
-        self.worker_options = dict(worker_options or {})
-        self.restart_workers = restart_workers
-        self.pool_size = pool_size
-        self.max_message_size = max_message_size
         self.servers: List[Server] = []
         #: Live connections by signature (unique for the life of the process).
         self.connections: Dict[int, Connection] = {}
@@ -124,8 +115,7 @@ class Reactor(TimerMethods):
         self._started = False
         self._stopping = False
         self._stopped = gevent.event.Event()
-        self._workers: Any = None
-        self._pool: Any = None
+        self._services: List[Service] = []
         self.hub = gevent.get_hub()
 
     # ------------------------------------------------------------ servers
@@ -239,7 +229,7 @@ class Reactor(TimerMethods):
             conn = handler
             live = getattr(conn, "_transport", None)
             if live is not None and not (live.state is CLOSED and live.unbind_done):
-                raise PacketError(f"{conn!r} is still connected (or connecting): close it first, "
+                raise ReactorError(f"{conn!r} is still connected (or connecting): close it first, "
                                   "or use reconnect(), which is a no-op while it is connected")
         options = {"timeout": connect_timeout if connect_timeout is not None else self.connect_timeout,
                    "ssl_context": ssl_context, "server_hostname": server_hostname}
@@ -250,7 +240,7 @@ class Reactor(TimerMethods):
         if self._stopping:
             # A connection opened now would outlive the reactor: refuse it the
             # way a failed connect is reported (post_init, then unbind(reason)).
-            refused = PacketError("the reactor is stopping: it opens no new connections")
+            refused = ReactorStopping("the reactor is stopping: it opens no new connections")
             conn.connect_error = refused
             transport.start(lambda: (conn.post_init(), transport._close(refused)), may_block=True)
             return conn
@@ -371,48 +361,42 @@ class Reactor(TimerMethods):
         except CALLBACK_ERRORS:
             logger.exception("timer callback %r raised", fn)
 
-    # ------------------------------------------------------------- workers
-    @property
-    def workers(self) -> Any:
-        """The WorkerManager (created on first use)."""
-        if self._workers is None:
-            from ..workers.manager import WorkerManager
-            self._workers = WorkerManager(self, self.worker_root, worker_options=self.worker_options,
-                                          restart=self.restart_workers,
-                                          max_message_size=self.max_message_size)
-        return self._workers
+    # ------------------------------------------------------------ services
+    def add_service(self, service: Service) -> Service:
+        """Run ``service`` with this reactor: started with it, waited for and stopped by ``stop``.
 
+        A service is any object with ``start()``, ``pending() -> int`` (work
+        in flight that a graceful stop waits for, within its grace) and
+        ``stop(timeout)``.  Services stop after the connections have closed,
+        in the reverse order of their addition.  Workers and the fork pool
+        plug in this way (:class:`packet_gevent.Reactor`).
+        """
+        self._services.append(service)
+        if self._started and not self._stopping:
+            service.start()
+        return service
+
+    # Packet's worker and pool methods need the processes that a core reactor
+    # does not import; packet_gevent.Reactor provides them.
     def ask_worker(self, worker_name: str, data: Any = None, type: str = "request",
                    worker_key: Any = None, callback: Any = None, **extra: Any) -> Optional[int]:
-        """Send a request to a worker from outside any connection (reply to ``callback``).
+        """Send a request to a worker (on :class:`packet_gevent.Reactor`)."""
+        raise _no_processes("ask_worker")
 
-        Returns the request id (None for messages that expect no reply)."""
-        return self.workers.ask(None, worker_name, data=data, type=type, worker_key=worker_key,
-                                callback=callback, **extra)
+    def ask_worker_for(self, conn: Connection, worker_name: str, **kwargs: Any) -> Any:
+        """``conn.ask_worker(...)``: a request whose reply goes to ``conn.worker_receive``."""
+        raise _no_processes("ask_worker")
 
-    def _ask_worker(self, conn: Connection, worker_name: str, **kwargs: Any) -> Any:
-        return self.workers.ask(conn, worker_name, **kwargs)
+    def start_worker(self, worker: Any = None, worker_key: Any = None, **options: Any) -> Any:
+        raise _no_processes("start_worker")
 
-    def start_worker(self, worker: Optional[str] = None, worker_key: Any = None, **options: Any) -> Any:
-        """Start (fork) a worker at runtime; a no-op with a warning if that key runs already."""
-        return self.workers.start_worker(worker=worker, worker_key=worker_key, **options)
+    def delete_worker(self, worker: Any = None, worker_key: Any = None) -> None:
+        raise _no_processes("delete_worker")
 
-    def delete_worker(self, worker: Optional[str] = None, worker_key: Any = None) -> None:
-        """Ask a running worker to exit."""
-        self.workers.delete_worker(worker=worker, worker_key=worker_key)
-
-    @property
-    def pool(self) -> Any:
-        """The reactor's ForkPool, used by ``Connection.defer`` (created on first use)."""
-        if self._pool is None:
-            from ..pool.executor import ForkPool
-            self._pool = ForkPool(self.pool_size)
-        return self._pool
-
-    def _defer(self, conn: Connection, fn: Callable[..., Any], args: tuple, kwargs: dict,
-               callback: Optional[Callable[[Any], Any]]) -> Any:
-        from ..pool.executor import defer_to_connection
-        return defer_to_connection(self, conn, fn, args, kwargs, callback)
+    def defer_for(self, conn: Connection, fn: Callable[..., Any], args: tuple, kwargs: dict,
+                  callback: Optional[Callable[[Any], Any]]) -> Any:
+        """``conn.defer(...)``: run ``fn`` in a process pool, answer on ``conn``."""
+        raise _no_processes("defer")
 
     # ---------------------------------------------------------- lifecycle
     @property
@@ -427,8 +411,8 @@ class Reactor(TimerMethods):
         self.hub = gevent.get_hub()
         for server in self.servers:
             server.start()
-        if self.worker_root is not None or self._workers is not None:
-            self.workers.start()
+        for service in list(self._services):
+            service.start()
         return self
 
     def serve_forever(self) -> None:
@@ -444,9 +428,10 @@ class Reactor(TimerMethods):
         """Stop gracefully.
 
         Stop accepting; give callbacks in flight, queued output and pending
-        worker requests up to ``timeout`` seconds (default ``stop_grace``) to
-        finish; close every connection (each gets ``unbind``); stop workers and
-        the pool (terminate, then kill after the grace period).  Safe to call
+        work pending in a service (worker requests, pool tasks) up to ``timeout``
+        seconds (default ``stop_grace``) to finish; close every connection
+        (each gets ``unbind``); stop the services with what is left of the
+        grace (workers and pools: terminate, then kill).  Safe to call
         twice; returns when everything is down.
         """
         current = greenlet.getcurrent()
@@ -472,22 +457,18 @@ class Reactor(TimerMethods):
         for conn in list(self.connections.values()):
             conn._transport._close(None)
         self._wait_unbound(max(0.5, deadline - self.hub.loop.now()))
-        remaining = max(0.5, deadline - self.hub.loop.now())
-        if self._workers is not None:
-            self._workers.stop(remaining)
-        if self._pool is not None:
-            remaining = max(0.5, deadline - self.hub.loop.now())
-            self._pool.shutdown(wait=True, cancel_futures=True, timeout=remaining)
+        for service in reversed(self._services):
+            service.stop(max(0.5, deadline - self.hub.loop.now()))
         self._stopped.set()
 
     def _drain(self, deadline: float) -> None:
-        """Wait (bounded) for busy callbacks, queued output and worker replies."""
+        """Wait (bounded) for busy callbacks, queued output and the services' pending work."""
         def busy() -> bool:
             for conn in self.connections.values():
                 transport = conn._transport
                 if transport.state is OPEN and (not transport.idle or transport.outbuf or transport.mailbox):
                     return True
-            return self._workers is not None and self._workers.pending_count() > 0
+            return any(service.pending() for service in self._services)
         while busy() and self.hub.loop.now() < deadline:
             gevent.sleep(0.01)
 
@@ -524,8 +505,6 @@ class Reactor(TimerMethods):
         SIGINT and SIGTERM (in the main thread) stop the reactor gracefully;
         ``run`` then returns the stopped reactor.
         """
-        if "worker_root" not in options:
-            options["worker_root"] = default_worker_root()
         reactor = cls(**options)
         if setup is not None:
             setup(reactor)

@@ -92,7 +92,7 @@ from .futures import Future, TaskResult
 from .scheduler import MAX_INFLIGHT, PoolScheduler, _TaskFuture
 from .tasks import call_chunk, describe_callable
 
-__all__ = ["ForkPool", "defer_to_connection", "SUBMIT_BURST", "EXIT_GRACE"]
+__all__ = ["ForkPool", "SUBMIT_BURST", "EXIT_GRACE"]
 
 logger = logging.getLogger(__name__)
 
@@ -387,41 +387,3 @@ class ForkPool(PoolScheduler, concurrent.futures.Executor):
             timer.close()
 
 # -- Connection.defer ---------------------------------------------------------------------------------
-
-def defer_to_connection(reactor: Any, conn: Any, fn: Callable[..., Any], args: tuple,
-                        kwargs: Dict[str, Any], callback: Optional[Callable[[Any], Any]]) -> Future:
-    """Run ``fn(*args, **kwargs)`` in ``reactor.pool``; deliver the outcome on ``conn``.
-
-    In the connection's greenlet: ``callback(result_or_exception)`` if given,
-    else ``conn.worker_receive(reply)`` with ``reply["type"]`` "response"
-    (``data`` the result) or "error" (``error`` the message, ``exception``,
-    ``traceback``).  Dropped (debug log) if the connection has gone.
-    """
-    pool = reactor.pool
-    future = pool.submit(fn, *args, **kwargs)
-    receiver = callback if callback is not None else conn.worker_receive
-    deliver = functools.partial(_deliver_deferred, reactor, conn.signature, fn, receiver,
-                                callback is not None)
-    # From a hub callback: delivery may switch into the connection's greenlet,
-    # which must not happen in the middle of the pool's bookkeeping.
-    future.add_done_callback(lambda done: pool._loop.run_callback(deliver, done))
-    return future
-
-
-def _deliver_deferred(reactor: Any, signature: int, fn: Callable[..., Any],
-                      receiver: Callable[[Any], Any], raw: bool, future: Future) -> None:
-    try:
-        exc = future.exception(0)
-    except concurrent.futures.CancelledError as cancelled:
-        exc = cancelled
-    if raw:
-        outcome: Any = exc if exc is not None else future.result(0)
-    elif exc is None:
-        outcome = {"type": "response", "data": future.result(0), "function": describe_callable(fn)}
-    else:
-        outcome = {"type": "error", "data": None, "function": describe_callable(fn),
-                   "error": f"{type(exc).__name__}: {exc}", "exception": exc,
-                   "traceback": getattr(exc, "remote_traceback", None)}
-    if not reactor.deliver(signature, receiver, outcome):
-        logger.debug("result of deferred %s dropped: connection %d has gone",
-                     describe_callable(fn), signature)
