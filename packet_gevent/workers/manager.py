@@ -62,10 +62,11 @@ import gevent.event
 
 from ..errors import (ChannelClosed, FrameError, InvalidWorker, SerializationError, WorkerCrashed,
                      WorkerError)
+from ..ipc.supervision import INIT_FAILED, Backoff
 from .loader import find_proxy_class, load_worker_root
 from .pimp import Callback, MetaPimp, Pimp
 from ..runner import SerialRunner
-from .worker import INIT_FAILED, LOG, MSG, READY, ROUTING_KEYS, Worker, error_reply
+from .worker import LOG, MSG, READY, ROUTING_KEYS, Worker, error_reply
 from .process import WorkerProcess
 
 __all__ = ["WorkerManager", "Worker", "Pimp", "MetaPimp", "Callback", "load_worker_root",
@@ -115,7 +116,7 @@ class _Group:
         self.key = key
         self.options = options
         self.procs: List[Optional[WorkerProcess]] = [None] * pool_size
-        self.failures = [0] * pool_size
+        self.backoffs: Dict[int, Backoff] = {}   # per index, made at its first death
         self.restart_timers: Dict[int, Any] = {}
         self.waiting: Deque[_Request] = collections.deque()
         self.pimp: Pimp = None  # type: ignore[assignment]
@@ -542,16 +543,19 @@ class WorkerManager:
                 self._fail_waiting(group, f"{text}; not restarted (restart_workers=False)")
             return
         loop = gevent.get_hub().loop
-        if loop.now() - proc.started_at >= RESTART_RESET:
-            group.failures[proc.index] = 0
-        failures = group.failures[proc.index]
-        delay = (RESTART_FIRST_DELAY if failures == 0
-                 else min(RESTART_MAX_DELAY, RESTART_MIN_DELAY * 2 ** (failures - 1)))
-        group.failures[proc.index] = failures + 1
+        delay = self._backoff(group, proc.index).delay(loop.now() - proc.started_at)
         logger.error("%s%s; restarting in %.2f s", text, lost, delay)
         timer = loop.timer(delay)
         group.restart_timers[proc.index] = timer
         timer.start(self._restart, group, proc.index)
+
+    @staticmethod
+    def _backoff(group: _Group, index: int) -> Backoff:
+        backoff = group.backoffs.get(index)
+        if backoff is None:
+            backoff = group.backoffs[index] = Backoff(
+                RESTART_MIN_DELAY, RESTART_MAX_DELAY, RESTART_RESET, first=RESTART_FIRST_DELAY)
+        return backoff
 
     def _restart(self, group: _Group, index: int) -> None:  # in the hub (timer)
         timer = group.restart_timers.pop(index, None)
@@ -568,7 +572,7 @@ class WorkerManager:
             self._start_proc(group, index)
         except Exception as exc:
             logger.exception("restarting worker %s failed", group.label)
-            group.failures[index] += 1
+            self._backoff(group, index).failed()
             timer = gevent.get_hub().loop.timer(RESTART_MAX_DELAY)
             group.restart_timers[index] = timer
             timer.start(self._restart, group, index)

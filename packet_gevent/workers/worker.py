@@ -38,6 +38,8 @@ from typing import Any, Deque, Dict, Optional, Tuple
 import gevent
 import greenlet
 
+from ..ipc.supervision import EXIT_INIT_FAILED, init_failed_message
+
 __all__ = ["Worker", "ROUTING_KEYS", "run_worker"]
 
 logger = logging.getLogger(__name__)
@@ -45,15 +47,12 @@ logger = logging.getLogger(__name__)
 #: Keys that route a reply back to whoever asked.
 ROUTING_KEYS = ("request_id", "client_signature", "callback_signature")
 
-#: Exit status of a worker process whose ``worker_init`` raised.
-EXIT_INIT_FAILED = 3
-
 # Message kinds on the master <-> worker channel: (kind, payload) tuples.
 MSG = "msg"          # both ways: a user dict (request, reply, status...)
 STOP = "stop"        # master -> worker: finish what is queued, then exit 0
 READY = "ready"      # worker -> master: worker_init done
 LOG = "log"          # worker -> master: (level, text) from Worker.log
-INIT_FAILED = "init_failed"  # worker -> master: traceback text of worker_init
+# worker -> master: INIT_FAILED (ipc.supervision), the traceback text of worker_init
 _CLOSED = object()   # in the worker's inbox: the channel closed (payload: None or the error)
 
 _raw_switch = greenlet.greenlet.switch
@@ -243,9 +242,10 @@ def run_worker(channel: Any, cls: type, worker_key: Any, options: Dict[str, Any]
     try:
         worker.worker_init()
     except Exception:
-        tb = traceback.format_exc()
+        message = init_failed_message()
+        tb = message[1]
         try:
-            channel.send((INIT_FAILED, tb))
+            channel.send(message)
             channel.flush(timeout=stop_grace)
         except Exception:
             logger.error("%r: worker_init raised:\n%s", worker, tb)
