@@ -25,7 +25,8 @@ from .net.server import Server
 from .timers import Timer
 
 if TYPE_CHECKING:  # loaded lazily at run time (see __getattr__)
-    from .ipc.channel import BlockingChannel, Channel
+    from .ipc.blocking import BlockingChannel
+    from .ipc.channel import Channel
     from .ipc.process import ChildProcess, spawn_child
     from .packet import Reactor
     from .pool.executor import ForkPool
@@ -49,7 +50,7 @@ _LAZY = {
     "spawn_child": "ipc.process",
     "ChildProcess": "ipc.process",
     "Channel": "ipc.channel",
-    "BlockingChannel": "ipc.channel",
+    "BlockingChannel": "ipc.blocking",
 }
 
 __all__ = [

@@ -12,7 +12,9 @@ import gevent
 import gevent.event
 import pytest
 
-from packet_gevent.ipc.channel import OOB_THRESHOLD, BlockingChannel, Channel, _Encoder
+from packet_gevent.ipc.blocking import BlockingChannel
+from packet_gevent.ipc.channel import OOB_THRESHOLD, Channel
+from packet_gevent.ipc.wire import MessageEncoder
 from packet_gevent.errors import ChannelClosed, FrameError, SerializationError
 from packet_gevent.framing import encode_frame
 from packet_gevent.ipc.process import spawn_child
@@ -132,7 +134,7 @@ def test_a_big_payload_is_received_into_the_object_handed_out(kind):
     # The decoder's buffer *is* the bytes object recv() returns: one 4 MiB
     # allocation in the receiver, where a copy out of a bytearray took two.
     size = 4 * 1024 * 1024
-    chunks, _ = _Encoder(1 << 30, None).encode(bytes(range(256)) * (size // 256))
+    chunks, _ = MessageEncoder(1 << 30, None).encode(bytes(range(256)) * (size // 256))
     wire = b"".join(bytes(chunk) for chunk in chunks)
     mine, peer = socket.socketpair(socket.AF_UNIX)
     channel = kind(mine)
@@ -258,7 +260,7 @@ def test_replies_sent_before_the_peer_died_are_still_read_after_a_failed_write()
 
 
 def _cut_message():
-    chunks, _ = _Encoder(1 << 30, None).encode(b"x" * BIG)  # head, header, buffer
+    chunks, _ = MessageEncoder(1 << 30, None).encode(b"x" * BIG)  # head, header, buffer
     return bytes(chunks[0])
 
 

@@ -43,7 +43,9 @@ import struct
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
-from ..ipc.channel import BlockingChannel, Channel
+from ..ipc.blocking import BlockingChannel
+from ..ipc.channel import Channel
+from ..ipc.pickling import OOB_THRESHOLD
 from ..ipc.process import ChildProcess, spawn_child
 from ..ipc.supervision import EXIT_INIT_FAILED, INIT_FAILED, ChildLink, init_failed_message
 from .tasks import ERR, Encoded, GroupDecodeError, Task, TaskCodec, run_call
@@ -79,13 +81,20 @@ in_pool_process = False
 def wire(encoded: Encoded) -> Encoded:
     """``encoded`` ready for the channel: big ``bytes`` wrapped as PickleBuffers.
 
-    The channel sends every protocol-5 buffer out of band at any depth, but
-    finds big ``bytes`` only near the top of a message; ours sit deeper.
-    The receiver gets each one back as the ``bytes`` frame itself.
+    The task codec has pickled the calls or outcomes already; the channel
+    only pickles this envelope around them.  It sends every protocol-5
+    buffer out of band at any depth, but finds big ``bytes`` only near the
+    top of a message; ours sit deeper, so they are wrapped, the codec's
+    pickle itself too when it is big.  The receiver gets each one back as
+    the ``bytes`` frame itself.
     """
     data, bigs, buffers = encoded
+    if len(data) >= OOB_THRESHOLD:
+        data = pickle.PickleBuffer(data)  # type: ignore[assignment]
     if bigs:
         return data, [pickle.PickleBuffer(big) for big in bigs], buffers
+    if type(data) is not bytes:
+        return data, bigs, buffers
     return encoded
 
 

@@ -3,7 +3,7 @@
 ``Reactor(worker_root=path)`` loads the worker classes of ``path``
 (:mod:`.loader`) and, when the reactor starts, starts every worker that is
 not ``no_auto_load``, each in its own forked process(es)
-(:mod:`.worker_process`; the child side is :mod:`.worker`).  The
+(:mod:`.process`; the child side is :mod:`.worker`).  The
 :class:`WorkerManager` (``reactor.workers``) then:
 
 * sends ``ask_worker`` requests as dicts over each worker's private channel
@@ -13,7 +13,7 @@ not ``no_auto_load``, each in its own forked process(es)
   pending; a connection's requests stay on one process while any is pending,
   so its replies keep their order);
 * hands each dict a worker sends to the worker's proxy (:mod:`.pimp`), in
-  order, in the proxy's long-lived greenlet (:mod:`.runner`); reply
+  order, in the proxy's long-lived greenlet (:mod:`packet_gevent.runner`); reply
   callbacks of requests asked without a connection run in one more such
   greenlet (one that blocks is left its own); no greenlet is spawned per
   message, and the hub never runs user code and never blocks;
@@ -28,22 +28,21 @@ not ``no_auto_load``, each in its own forked process(es)
   restarted process; past the bound they are answered with an error at once.
   Requests in flight at a crash are *not* retried (they may have had effects).
 
-Measured with ``python -m packet_gevent.workers.manager`` (:func:`_measure`; Python
-3.11, shared 2-core VM; medians of 8 runs alternating with the previous
-version, which spawned two greenlets per reply, in two sessions):
+Measured with ``python -m benchmarks.workers`` (Python 3.11, shared 2-core
+VM; medians of 8 runs in two sessions):
 
-* ask_worker round trip with a callback, one at a time: p50 39-45 us (was
-  78-84), p99 82-105 us (was ~180) when the kernel keeps master and worker
-  on one CPU; p50 118 us (was 166), p99 ~220 us (was ~260) when each
-  wake-up crosses CPUs.  A bare hub-to-hub Channel echo of the same dict
-  takes 31 and 98 us in those two cases: the VM's cross-CPU wake-up is most
-  of the second (the kernel picks the case; runs of one session differ);
-* 20,000 requests in flight: 98k requests/s (was 38k) when master and worker
-  run in parallel, 66k (was 36k) when they share a CPU and the costs add up:
-  per request ~4.5 us of master CPU to ask (2 of them pickling and framing),
-  ~3.7 to route the reply (2 decoding), ~5 in the worker (4 in the channel);
-* SIGKILL of a worker to the error reply of its pending request: 2.0-2.3 ms;
-  to the restarted worker's first answer: 6-8 ms.
+* ask_worker round trip with a callback, one at a time: p50 39-45 us, p99
+  82-105 us when the kernel keeps master and worker on one CPU; p50 118 us,
+  p99 ~220 us when each wake-up crosses CPUs.  A bare hub-to-hub Channel
+  echo of the same dict takes 31 and 98 us in those two cases: the VM's
+  cross-CPU wake-up is most of the second (the kernel picks the case; runs
+  of one session differ);
+* 20,000 requests in flight: 98k requests/s when master and worker run in
+  parallel, 66k when they share a CPU and the costs add up: per request
+  ~4.5 us of master CPU to ask (2 of them pickling and framing), ~3.7 to
+  route the reply (2 decoding), ~5 in the worker (4 in the channel);
+* SIGKILL of a worker to the error reply of its pending request: 1.0-2.3
+  ms; to the restarted worker's first answer: 4.6-8 ms.
 
 Workers of a SIGKILLed master were gone 6-10 ms later (PR_SET_PDEATHSIG, and
 EOF on the channel as well; measured from a test-like script, 10 runs).
@@ -619,70 +618,3 @@ def _unpicklable(worker_name: Any, cause: BaseException) -> SerializationError:
         f"ask_worker({worker_name!r}): the request cannot be pickled for the worker process: "
         f"{type(cause).__name__}: {cause}. Send plain data (str, numbers, lists, dicts, "
         f"instances of importable classes)")
-
-
-
-def _measure() -> None:  # pragma: no cover - run by hand to refresh the docstring numbers
-    """Print round trip, throughput and crash-handling times: python -m packet_gevent.workers."""
-    import os
-    import signal
-    import time
-
-    from . import manager as this  # not __main__: the module the reactor uses
-    from ..net.reactor import Reactor
-
-    this.RESTART_RESET = 0.0  # restart at once every time: measure the restart, not the backoff
-
-    class Doubler(Worker):
-        worker_name = "doubler"
-
-        def receive_data(self, request: Dict[str, Any]) -> None:
-            if request["data"] == "sleep":
-                gevent.sleep(30)
-            self.reply(request, request["data"])
-
-    reactor = Reactor().start()
-    reactor.start_worker(worker=Doubler)
-
-    def ask(data: Any) -> Dict[str, Any]:
-        result = gevent.event.AsyncResult()
-        reactor.ask_worker("doubler", data=data, callback=result.set)
-        return result.get(10)
-
-    for i in range(500):
-        ask(i)
-    samples = []
-    for i in range(5000):
-        t0 = time.perf_counter()
-        ask(i)
-        samples.append(time.perf_counter() - t0)
-    samples.sort()
-    print(f"round trip p50 {samples[2500] * 1e6:.0f} us, p99 {samples[4950] * 1e6:.0f} us")
-    count, done = [0], gevent.event.Event()
-
-    def counted(reply: Dict[str, Any]) -> None:
-        count[0] += 1
-        if count[0] == 20000:
-            done.set()
-    t0 = time.perf_counter()
-    for i in range(20000):
-        reactor.ask_worker("doubler", data=i, callback=counted)
-    done.wait(60)
-    print(f"20,000 in flight: {20000 / (time.perf_counter() - t0):,.0f} requests/s")
-    for _ in range(5):
-        pid = reactor.workers.pids("doubler")[0]
-        result = gevent.event.AsyncResult()
-        reactor.ask_worker("doubler", data="sleep", callback=result.set)
-        gevent.sleep(0.05)
-        t0 = time.perf_counter()
-        os.kill(pid, signal.SIGKILL)
-        result.get(5)
-        noticed = time.perf_counter() - t0
-        ask(1)
-        print(f"SIGKILL -> error reply {noticed * 1e3:.1f} ms, -> restarted worker's answer "
-              f"{(time.perf_counter() - t0) * 1e3:.1f} ms")
-    reactor.stop(5)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _measure()
