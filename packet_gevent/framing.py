@@ -42,7 +42,7 @@ import io
 import logging
 from typing import Callable, Iterable, List, Optional, Union, overload
 
-from .errors import FrameError
+from .errors import FrameError, FrameTooLarge
 
 __all__ = [
     "HEADER_SIZE",
@@ -83,12 +83,12 @@ def frame_header(length: int, *, max_frame_size: int = MAX_FRAME_LIMIT) -> bytes
     """Return the 9-byte header for a payload of ``length`` bytes.
 
     Lets a writer send header and a big payload with ``sendmsg`` without
-    concatenating them.  Raises FrameError if ``length`` is negative or over
+    concatenating them.  Raises FrameTooLarge if ``length`` is negative or over
     ``max_frame_size`` (at most MAX_FRAME_LIMIT, the most 9 digits can hold).
     """
     if length < 0 or length > max_frame_size or length > MAX_FRAME_LIMIT:
         limit = min(max_frame_size, MAX_FRAME_LIMIT)
-        raise FrameError(
+        raise FrameTooLarge(
             f"cannot frame a payload of {length} bytes: the limit is {limit} bytes; "
             f"split the data into smaller messages")
     return b"%09d" % length

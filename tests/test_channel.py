@@ -15,7 +15,7 @@ import pytest
 from packet_gevent.ipc.blocking import BlockingChannel
 from packet_gevent.ipc.channel import OOB_THRESHOLD, Channel
 from packet_gevent.ipc.wire import MessageEncoder
-from packet_gevent.errors import ChannelClosed, FrameError, SerializationError
+from packet_gevent.errors import ChannelBusy, ChannelClosed, FrameError, SerializationError
 from packet_gevent.framing import encode_frame
 from packet_gevent.ipc.process import spawn_child
 
@@ -319,7 +319,7 @@ def test_close_runs_on_close_once_and_later_use_raises(echo):
     assert got.close_reason() is None and echo.closed
     with pytest.raises(ChannelClosed):
         echo.send(1)
-    with pytest.raises(RuntimeError):  # a started channel has no recv()
+    with pytest.raises(ChannelBusy):  # a started channel has no recv()
         echo.recv()
 
 

@@ -42,7 +42,7 @@ import gevent
 import gevent.event
 from gevent.timeout import Timeout
 
-from ..errors import ChannelClosed, FrameError, SerializationError
+from ..errors import ChannelBroken, ChannelBusy, ChannelClosed, FrameError, SerializationError
 from .pickling import OOB_THRESHOLD
 from .wire import (CUT_SHORT, DEFAULT_MAX_MESSAGE_SIZE, DIRECT_RECV_MIN, IOV_MAX, READ_SIZE, Chunk,
                    MessageDecoder, MessageEncoder, consume, own_socket)
@@ -158,9 +158,18 @@ class Channel:
 
     def _check_can_send(self) -> None:
         if self._closed or self._write_exc is not None:
-            why = self._write_exc or self._close_exc
-            raise ChannelClosed(
-                "cannot send: the channel is closed" + (f" ({why})" if why else "")) from why
+            raise self._closed_error("send")
+
+    def _closed_error(self, what: str) -> ChannelClosed:
+        """ChannelClosed if this side closed the channel, else ChannelBroken (the peer's doing)."""
+        if self._closed_by_us and self._write_exc is None:
+            return ChannelClosed(f"cannot {what}: this side closed the channel")
+        why = self._write_exc or self._close_exc
+        error = ChannelBroken(
+            f"cannot {what}: the other process " + (f"broke the channel ({why})" if why else
+                                                   "closed the channel (it exited or closed its end)"))
+        error.__cause__ = why
+        return error
 
     def _queue(self, chunks: List[Chunk], size: int) -> None:
         if len(chunks) == 1:
@@ -233,10 +242,10 @@ class Channel:
         clean EOF or after ``close()``, else the error (FrameError,
         SerializationError, OSError, or what ``on_message`` raised).
         """
-        if self._on_message is not None or self._receiving:
-            raise RuntimeError("this channel is already receiving")
         if self._closed:
-            raise ChannelClosed("cannot start: the channel is closed") from self._close_exc
+            raise self._closed_error("start")
+        if self._on_message is not None or self._receiving:
+            raise ChannelBusy("this channel is already receiving: start() it once, or use recv()")
         self._on_message, self._on_close = on_message, on_close
         self._reader.start(self._on_readable)
         if self._inbox:  # messages a recv() call buffered
@@ -271,9 +280,10 @@ class Channel:
         TimeoutError after ``timeout`` seconds (no message is lost).
         """
         if self._on_message is not None:
-            raise RuntimeError("recv() cannot be used on a channel started with callbacks")
+            raise ChannelBusy("recv() cannot be used on a channel started with callbacks")
         if self._receiving:
-            raise RuntimeError("another greenlet is already receiving on this channel")
+            raise ChannelBusy("another greenlet is already receiving on this channel; "
+                              "receive in one greenlet")
         self._receiving = True
         timer = Timeout._start_new_or_dummy(
             timeout, TimeoutError(f"no message within {timeout} s"))

@@ -33,7 +33,7 @@ from typing import Any, Callable, Deque, List, Optional, Tuple, Union
 
 import _socket
 
-from ..errors import FrameError, SerializationError
+from ..errors import FrameError, FrameTooLarge, SerializationError
 from ..framing import HEADER_SIZE, MAX_FRAME_LIMIT, FrameDecoder, frame_header
 from .pickling import FrameCollector, OOBPickler, OOBUnpickler, holds_big_bytes
 
@@ -115,7 +115,7 @@ class MessageEncoder:
         return chunks, size
 
     def _too_big(self, obj: Any, size: int) -> None:
-        raise FrameError(
+        raise FrameTooLarge(
             f"message of {size} bytes ({type(obj).__name__}) is over max_message_size="
             f"{self.max_message_size}; raise max_message_size on both ends or send less")
 

@@ -60,7 +60,7 @@ import gevent
 import gevent.event
 
 from ..errors import (ChannelClosed, FrameError, InvalidWorker, SerializationError, WorkerCrashed,
-                     WorkerError)
+                     WorkerError, WorkerStopped)
 from ..ipc.supervision import INIT_FAILED, Backoff
 from .loader import find_proxy_class, load_worker_root
 from .pimp import Callback, MetaPimp, Pimp
@@ -218,7 +218,8 @@ class WorkerManager:
                                 f"is not running; running: {self.running_workers()}")
         group.deleted = True
         self._cancel_restarts(group)
-        self._fail_waiting(group, f"worker {group.label} was deleted before it took this request")
+        self._fail_waiting(group, f"worker {group.label} was deleted before it took this request",
+                           WorkerStopped)
         for proc in group.procs:
             if proc is not None:
                 proc.stop(self.reactor.stop_grace, "deleted by delete_worker")
@@ -450,11 +451,12 @@ class WorkerManager:
         return error_reply(request.message, text, None, worker=request.message.get("worker"),
                            worker_key=request.message.get("worker_key"), exception=exc)
 
-    def _fail_waiting(self, group: _Group, text: str) -> None:
+    def _fail_waiting(self, group: _Group, text: str,
+                      error: type = WorkerCrashed) -> None:
         while group.waiting:
             request = group.waiting.popleft()
             self._pending.pop(request.rid, None)
-            self._answer(request, self._master_error(request, text, WorkerCrashed(text)))
+            self._answer(request, self._master_error(request, text, error(text)))
 
     # ------------------------------------------------- process lifecycle
     def _start_proc(self, group: _Group, index: int) -> None:
@@ -516,7 +518,8 @@ class WorkerManager:
         proc.per_conn.clear()
         for request in requests:
             self._pending.pop(request.rid, None)
-            crashed = WorkerCrashed(text, pid=proc.pid, exitcode=proc.exitcode, signal=proc.signal)
+            error = WorkerStopped if proc.stopping else WorkerCrashed
+            crashed = error(text, pid=proc.pid, exitcode=proc.exitcode, signal=proc.signal)
             self._answer(request, self._master_error(request, text, crashed))
         try:
             group.pimp.worker_exited(proc.pid, text)
@@ -590,7 +593,8 @@ class WorkerManager:
         self._stopping = True
         for group in list(self._groups.values()):
             self._cancel_restarts(group)
-            self._fail_waiting(group, f"reactor stopped before worker {group.label} took this request")
+            self._fail_waiting(group, f"reactor stopped before worker {group.label} took this request",
+                               WorkerStopped)
         for proc in list(self._procs):
             if not proc.stopping:
                 proc.stop(max(timeout, 0.0), "stopped with the reactor")
@@ -602,7 +606,7 @@ class WorkerManager:
             self._pending.pop(request.rid, None)
             self._settle(request)
             text = "reactor stopped before the worker replied"
-            self._answer(request, self._master_error(request, text, WorkerCrashed(text)))
+            self._answer(request, self._master_error(request, text, WorkerStopped(text)))
         self._groups.clear()
 
 
