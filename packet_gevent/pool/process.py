@@ -297,9 +297,12 @@ class _TaskLoop:
                 self.skipped.discard(tid)
             else:
                 pack_into(marker_map, offset, tid, monotonic())
-                status, value = run_call(fn, args, kwargs)
-                outcomes.append((tid, status, value))
+                outcomes.append((tid, *run_call(fn, args, kwargs)))
                 self.busy += clock() - start
+            # Hold nothing of the task here: the outcome list is the last
+            # reference to its result (cleared once sent), and the function and
+            # arguments go now, so their __del__ runs before the next task comes.
+            fn = args = kwargs = None
             self.done += 1
 
     def take(self, messages: List[Tuple[Any, ...]]) -> None:

@@ -172,6 +172,7 @@ class TaskCodec:
             return file.getvalue(), collector.bigs, collector.buffers
         finally:
             pickler.clear_memo()
+            pickler.collector = None  # holds the message's big buffers: they are the caller's now
             if file.tell() > 1 << 20:  # do not keep a big buffer around
                 self._file = io.BytesIO()
                 self._pickler = self._pickler_class(self._file, SplitCollector())
@@ -229,17 +230,23 @@ class TaskCodec:
             if any(type(value) not in _PLAIN for _, _, value in outcomes):
                 self.loads(encoded)
             return encoded
-        except Exception:
-            if len(outcomes) == 1:
-                return self.dumps([_unsendable(outcomes[0])])
+        except BaseException:  # SystemExit from a __reduce__ too: it fails its task, as in the stdlib
             return self.dumps([self._checked(outcome) for outcome in outcomes])
 
     def _checked(self, outcome: Tuple[int, int, Any]) -> Tuple[int, int, Any]:
+        """``outcome`` if it travels; else the error its task gets instead.
+
+        An Exception while pickling becomes a SerializationError naming the
+        value; a BaseException (SystemExit, KeyboardInterrupt raised by a
+        ``__reduce__``) is that task's exception, as ProcessPoolExecutor does.
+        """
         try:
             self.loads(self.dumps(outcome))
             return outcome
         except Exception:
             return _unsendable(outcome)
+        except BaseException as exc:
+            return outcome[0], ERR, encode_exception(exc)
 
     @classmethod
     def decode_outcomes(cls, encoded: Encoded) -> List[Tuple[int, int, Any]]:
@@ -252,7 +259,7 @@ def _unsendable(outcome: Tuple[int, int, Any]) -> Tuple[int, int, Any]:
     try:
         pickle.loads(pickle.dumps(value, 5))
         detail = "its out-of-band buffers failed"
-    except Exception as exc:
+    except BaseException as exc:
         detail = f"{type(exc).__name__}: {exc}"
     error = SerializationError(
         f"the task's {what} ({type(value).__module__}.{type(value).__qualname__}) could not be "

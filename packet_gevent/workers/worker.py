@@ -17,8 +17,9 @@ Each worker process runs its own :class:`~packet_gevent.Reactor` on a fresh
 hub (``self.reactor``: servers, outgoing connections, timers).  Messages from
 the master are handled one at a time, in arrival order, in one greenlet, so
 the replies to one connection keep the order of its requests.  An exception
-in ``receive_data`` becomes a ``type="error"`` reply for that request (with
-the traceback text) and the worker lives on.
+in ``receive_data`` is logged once, at ERROR with its traceback, in the
+master's log; a request also gets a ``type="error"`` reply (with the
+traceback text); the worker lives on.
 
 Replies are routed by the ``request_id`` (and ``client_signature``) keys of
 the request dict, so the Packet idiom of changing the request and sending it
@@ -204,19 +205,28 @@ def _handle(worker: Worker, message: Dict[str, Any]) -> None:
     try:
         worker.receive_data(message)
     except Exception as exc:
-        tb = traceback.format_exc()
-        if is_request and ("request_id" in message or "client_signature" in message):
-            logger.debug("%r: receive_data raised; sending an error reply", worker, exc_info=True)
-            try:
-                worker._pg_channel.send((MSG, error_reply(message, f"{type(exc).__name__}: {exc}", tb,
-                                                          worker=worker.worker_name)))
-            except Exception:
-                logger.exception("%r: could not send the error reply", worker)
-        else:
-            logger.error("%r: receive_data raised on a %r message:\n%s", worker,
-                         message.get("type"), tb)
+        _report_failure(worker, message, is_request, exc)
     finally:
         worker._pg_current = None
+
+
+def _report_failure(worker: Worker, message: Dict[str, Any], is_request: bool,
+                    exc: Exception) -> None:
+    """receive_data raised: log it once, at ERROR with the traceback, in the master's log;
+    a request gets a ``type="error"`` reply with the same traceback."""
+    tb = traceback.format_exc()
+    channel = worker._pg_channel
+    text = f"receive_data raised on a {message.get('type')!r} message:\n{tb.rstrip()}"
+    try:
+        channel.send((LOG, (logging.ERROR, text)))
+    except Exception:  # the master cannot hear us: this process's own log, then
+        logger.error("%r: %s", worker, text)
+    if is_request and ("request_id" in message or "client_signature" in message):
+        try:
+            channel.send((MSG, error_reply(message, f"{type(exc).__name__}: {exc}", tb,
+                                           worker=worker.worker_name)))
+        except Exception:
+            logger.exception("%r: could not send the error reply", worker)
 
 
 def run_worker(channel: Any, cls: type, worker_key: Any, options: Dict[str, Any],
