@@ -267,6 +267,7 @@ def test_submit_and_wait_from_another_thread(pool):
     def worker():
         future = pool.submit(add, 20, 22)
         out.append(future.result(timeout=10))
+        gevent.get_hub().destroy(destroy_loop=True)  # waiting made this thread a hub
 
     thread = threading.Thread(target=worker)
     thread.start()

@@ -414,6 +414,7 @@ def test_reactor_started_in_another_thread_runs_on_that_threads_hub():
         while not stop.is_set():
             gevent.sleep(0.01)
         r.stop(timeout=2)
+        gevent.get_hub().destroy(destroy_loop=True)  # a thread's hub: its loop's fds go with it
 
     t = threading.Thread(target=thread_main, daemon=True)
     t.start()
