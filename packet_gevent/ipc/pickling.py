@@ -135,16 +135,25 @@ def oob_pickler_class(base: type = pickle.Pickler) -> type:
     if cls is None:
         class cls(base):  # type: ignore[no-redef, valid-type, misc]
             def __init__(self, file: io.BytesIO, collector: Any) -> None:
-                super().__init__(file, 5, buffer_callback=self._buffer)
-                self.collector = collector
+                # The buffer callback must not hold the pickler: that cycle kept
+                # each message's pickler, collector and buffers (a 16 MiB payload)
+                # alive until a gc pass, so malloc could not reuse the memory.
+                box = [collector]
+                super().__init__(file, 5, buffer_callback=lambda buf: box[0].buffer(buf))
+                self._box = box
+
+            @property
+            def collector(self) -> Any:
+                return self._box[0]
+
+            @collector.setter
+            def collector(self, collector: Any) -> None:
+                self._box[0] = collector
 
             def persistent_id(self, obj: Any) -> Any:
                 if type(obj) is bytes and len(obj) >= OOB_THRESHOLD:
-                    return self.collector.add_bytes(obj)
+                    return self._box[0].add_bytes(obj)
                 return None
-
-            def _buffer(self, buf: pickle.PickleBuffer) -> bool:
-                return self.collector.buffer(buf)
 
         cls.__name__ = cls.__qualname__ = f"OOB{base.__name__}"
         _CLASSES[base] = cls

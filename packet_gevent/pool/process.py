@@ -156,7 +156,8 @@ class PoolProcess:
     @property
     def accepting(self) -> bool:
         """Takes new tasks: not retiring, killed, closed or gone."""
-        return self._accepting and not self.link.over
+        link = self.link
+        return self._accepting and not (link.eof or link.exited)
 
     @accepting.setter
     def accepting(self, value: bool) -> None:
