@@ -1,10 +1,11 @@
-"""SerialRunner: run posted calls one at a time, in order, in one long-lived greenlet.
+"""The greenlet + mailbox primitive (Mailbox), and SerialRunner: posted calls run in order in one greenlet.
 
 The master side of the workers hands user code (worker proxies, reply
 callbacks) to a runner instead of spawning a greenlet per message: creating
 and starting a greenlet costs 8-13 us on this 2-core VM (``spawn_raw`` +
-first switch; a switch pair into a live greenlet and back is 0.4 us), which
-was the biggest single cost per reply.
+first switch), more than everything else a reply costs the master; a switch
+pair into a live greenlet and back is 0.4 us.  :class:`Mailbox` is the
+greenlet + mailbox core it is built on, shared with a worker's inbox.
 
 ``post(fn, *args)`` from the hub, while the runner is idle with nothing
 queued, switches straight into its greenlet (the call runs at once, the hub

@@ -180,7 +180,7 @@ class ChildProcess:
     """A child started by :func:`spawn_child`, as seen from the parent.
 
     ``sock`` is the parent's end of the socketpair (non-blocking); hand it to
-    a :class:`~packet_gevent.channel.Channel`.  ``exitcode`` (exit status) or
+    a :class:`~packet_gevent.ipc.channel.Channel`.  ``exitcode`` (exit status) or
     ``signal`` (killing signal) is set once the child has been reaped; both
     stay None while it runs and when its status was lost to another reaper.
     """

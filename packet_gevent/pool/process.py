@@ -1,14 +1,14 @@
 """One fork-pool process, both sides: the master's handle on it and the child's task loop.
 
-Started with :func:`~packet_gevent.process.spawn_child` and spoken to over a
-:class:`~packet_gevent.channel.Channel` (master, in the hub) /
-:class:`~packet_gevent.channel.BlockingChannel` (child, no hub): one
+Started with :func:`~packet_gevent.ipc.process.spawn_child` and spoken to over a
+:class:`~packet_gevent.ipc.channel.Channel` (master, in the hub) /
+:class:`~packet_gevent.ipc.blocking.BlockingChannel` (child, no hub): one
 mechanism for workers and pool alike.  What the scheduler decides (which
 task goes where, what a death means for each task) lives in :mod:`.pool`;
 this module only moves task groups and outcomes and tells the pool what
 happened.
 
-Messages (tuples; the payloads are :class:`~packet_gevent.tasks.TaskCodec`
+Messages (tuples; the payloads are :class:`~packet_gevent.pool.tasks.TaskCodec`
 encodings, decoded by the receiver itself so a bad object fails one task,
 never the channel):
 

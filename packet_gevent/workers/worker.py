@@ -234,7 +234,7 @@ def run_worker(channel: Any, cls: type, worker_key: Any, options: Dict[str, Any]
     """The worker process's main: set up, ``worker_init``, then serve messages until told to stop.
 
     ``channel`` is this process's end of the master channel (a hub
-    :class:`~packet_gevent.channel.Channel`).  Returns the exit status.
+    :class:`~packet_gevent.ipc.channel.Channel`).  Returns the exit status.
     """
     from ..net.reactor import Reactor
 
