@@ -1,6 +1,4 @@
 """Errors named for whose fault it is, each raised in its case over real processes and sockets."""
-import os
-
 import gevent
 import gevent.event
 import pytest
@@ -13,9 +11,7 @@ from packet_gevent.ipc.channel import Channel
 from packet_gevent.ipc.process import spawn_child
 
 from . import helpers_process as h
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-BASIC = os.path.join(HERE, "worker_dirs", "basic")
+from .test_workers import BASIC, wreactor  # noqa: F401  (a fixture)
 
 
 def test_new_names_are_exported_and_keep_the_old_ones_catching():
@@ -28,16 +24,6 @@ def test_new_names_are_exported_and_keep_the_old_ones_catching():
 
 
 # -- workers: stopped by the user vs died ------------------------------------------------
-
-@pytest.fixture
-def wreactor():
-    r = Reactor(worker_root=BASIC, stop_grace=2.0)
-    r.start()
-    try:
-        yield r
-    finally:
-        r.stop(timeout=2.0)
-
 
 def _ask(reactor, worker, data, key=None):
     result = gevent.event.AsyncResult()
