@@ -15,17 +15,18 @@ code that forks.
 from typing import TYPE_CHECKING, Any
 
 from .codec import Codec, JsonCodec
-from .errors import (ChannelClosed, CodecError, FrameError, IdleTimeout, InvalidWorker,
-                     OutboundOverflow, PacketError, PoolBroken, PoolClosed, ReactorError,
-                     ReactorStopping, SerializationError, TaskTimeout, WorkerCrashed, WorkerError,
-                     WorkerLoadError)
+from .errors import (ChannelBroken, ChannelBusy, ChannelClosed, CodecError, FrameError,
+                     FrameTooLarge, IdleTimeout, InvalidWorker, OutboundOverflow, PacketError,
+                     PoolBroken, PoolClosed, ReactorError, ReactorStopping, SerializationError,
+                     TaskTimeout, WorkerCrashed, WorkerError, WorkerLoadError, WorkerStopped)
 from .framing import BinParser, FrameDecoder, encode_frame
 from .net.connection import Connection
 from .net.server import Server
 from .timers import Timer
 
 if TYPE_CHECKING:  # loaded lazily at run time (see __getattr__)
-    from .ipc.channel import BlockingChannel, Channel
+    from .ipc.blocking import BlockingChannel
+    from .ipc.channel import Channel
     from .ipc.process import ChildProcess, spawn_child
     from .packet import Reactor
     from .pool.executor import ForkPool
@@ -49,7 +50,7 @@ _LAZY = {
     "spawn_child": "ipc.process",
     "ChildProcess": "ipc.process",
     "Channel": "ipc.channel",
-    "BlockingChannel": "ipc.channel",
+    "BlockingChannel": "ipc.blocking",
 }
 
 __all__ = [
@@ -58,9 +59,10 @@ __all__ = [
     "Worker", "Pimp", "MetaPimp", "Callback",
     "ForkPool", "Future", "TaskResult", "wait", "as_completed",
     "spawn_child", "ChildProcess", "Channel", "BlockingChannel",
-    "PacketError", "ReactorError", "ReactorStopping", "FrameError", "CodecError",
-    "InvalidWorker", "WorkerLoadError", "WorkerCrashed", "WorkerError", "SerializationError",
-    "PoolClosed", "PoolBroken", "TaskTimeout", "IdleTimeout", "OutboundOverflow", "ChannelClosed",
+    "PacketError", "ReactorError", "ReactorStopping", "FrameError", "FrameTooLarge", "CodecError",
+    "InvalidWorker", "WorkerLoadError", "WorkerCrashed", "WorkerStopped", "WorkerError",
+    "SerializationError", "PoolClosed", "PoolBroken", "TaskTimeout", "IdleTimeout",
+    "OutboundOverflow", "ChannelClosed", "ChannelBroken", "ChannelBusy",
 ]
 
 

@@ -1,7 +1,17 @@
-"""Exception classes: one base, ``PacketError``, and a subclass per cause.
+"""Exception classes: one base, ``PacketError``, and a subclass per cause, named for whose fault it is.
 
 Messages say what went wrong and what to do about it.  Errors that come from
-the peer or the OS keep the original error as ``__cause__``.
+the peer or the OS keep the original error as ``__cause__``.  Where one cause
+splits into "you did it" and "it happened to you", the more specific class
+subclasses the one users already catch, so ``except`` clauses keep working:
+
+* ``WorkerStopped`` (you stopped or deleted the worker, or stopped the
+  reactor) is a ``WorkerCrashed`` (the process died on its own);
+* ``ChannelBroken`` (the peer went away or sent a bad stream) is a
+  ``ChannelClosed`` (closed here, with ``close()``);
+* ``FrameTooLarge`` (this side tried to send a frame over the limit) is a
+  ``FrameError`` (bad input from the peer);
+* ``ChannelBusy``: a channel used in two ways at once (a caller's mistake).
 """
 from __future__ import annotations
 
@@ -11,16 +21,20 @@ from typing import Optional
 __all__ = [
     "PacketError",
     "FrameError",
+    "FrameTooLarge",
     "CodecError",
     "InvalidWorker",
     "WorkerLoadError",
     "WorkerCrashed",
+    "WorkerStopped",
     "WorkerError",
     "SerializationError",
     "PoolClosed",
     "IdleTimeout",
     "OutboundOverflow",
     "ChannelClosed",
+    "ChannelBroken",
+    "ChannelBusy",
     "TaskTimeout",
     "PoolBroken",
     "ReactorError",
@@ -42,10 +56,17 @@ class ReactorStopping(ReactorError):
 
 
 class FrameError(PacketError, ValueError):
-    """A length-prefixed frame was malformed, cut short or over the size limit.
+    """Bad input: a length-prefixed frame received was malformed, cut short or over the size limit.
 
     The decoder that raised it is left in an error state: the stream it was
     reading cannot be trusted any more and should be closed.
+    """
+
+
+class FrameTooLarge(FrameError):
+    """This side asked to send a frame or message over the size limit; nothing was sent.
+
+    The stream is unharmed: send less, or raise the limit on both ends.
     """
 
 
@@ -76,6 +97,15 @@ class WorkerCrashed(PacketError):
         self.signal = signal
 
 
+class WorkerStopped(WorkerCrashed):
+    """The worker was stopped on purpose (``delete_worker``, the reactor's stop) while it
+    owed an answer, or before it took the request.
+
+    A ``WorkerCrashed``, so ``except WorkerCrashed`` still catches it; catch
+    this one first to tell a deliberate stop from a death.
+    """
+
+
 class WorkerError(PacketError):
     """A worker raised while handling a request; the worker lives on.
 
@@ -104,11 +134,21 @@ class OutboundOverflow(PacketError):
 
 
 class ChannelClosed(PacketError, RuntimeError):
-    """A master<->child channel was used after it closed.
+    """A master<->child channel was used after this side closed it with ``close()``."""
 
-    Closed by ``close()``, or because the peer went away or sent a bad stream;
-    the original error, if any, is the ``__cause__``.
+
+class ChannelBroken(ChannelClosed):
+    """A master<->child channel was used after the peer went away or sent a bad stream.
+
+    The original error (an OSError, a FrameError...), if any, is the
+    ``__cause__``.  A ``ChannelClosed``, so ``except ChannelClosed`` still
+    catches it.
     """
+
+
+class ChannelBusy(PacketError, RuntimeError):
+    """A channel was asked to receive in a second way at once: ``start()`` twice, ``recv()``
+    on a started channel, or ``recv()`` from two greenlets.  Use one receiver."""
 
 
 class TaskTimeout(PacketError, TimeoutError):

@@ -21,22 +21,20 @@ Decoding strategy (the hot path for every worker message and pool task):
   :meth:`FrameDecoder.commit` (``sock.recv_into(view)``, ``view.release()``,
   ``commit(n)``).
 
-Measured with ``python -m packet_gevent.framing`` (:func:`_measure`; Python
-3.11, shared 2-core Linux VM, three runs; before = the previous decoder, a
-preallocated ``bytearray`` copied out as ``bytes``, run alternately):
+Measured with ``python -m benchmarks.framing`` (Python 3.11, shared 2-core
+Linux VM, three quiet runs):
 
 * 1,000,000 frames of 10 payload bytes fed in 64 KiB chunks: 0.44-0.45 s,
-  i.e. 2.2-2.3 M frames/s (before 0.41-0.46 s; target: 150 k frames/s);
+  i.e. 2.2-2.3 M frames/s (target: 150 k frames/s);
 * the first 16 MiB frame of a process, 64 KiB chunks: 2.8-2.9 ms, i.e.
-  5.8-6.1 GB/s (before 11.2-12.1 ms, 1.4-1.5 GB/s: the kernel's first-touch
-  page faults of two fresh 16 MiB buffers, now of one, calloc'd: untouched
-  until the data lands);
+  5.8-6.1 GB/s: one fresh calloc'd buffer, untouched (no page faults) until
+  the data lands;
 * 16 MiB frames fed in 64 KiB chunks, 8 in a row: 24-26 ms, i.e. 5.2-5.6
-  GB/s (before 18-19 ms: with malloc reusing freed blocks, ``bytes(n)``
-  costs 0.66 ms per 16 MiB here against 0.23 ms for ``bytearray(n)``);
-  via payload_buffer_remaining/commit: 20-21 ms, 6.3-6.8 GB/s (before 19-20
-  ms).  Through a socket, receiving into the object handed out is what
-  counts: see :mod:`packet_gevent.ipc.channel`.
+  GB/s (with malloc reusing freed blocks, ``bytes(n)`` costs 0.66 ms per
+  16 MiB here against 0.23 ms for ``bytearray(n)``); via
+  payload_buffer_remaining/commit: 20-21 ms, 6.3-6.8 GB/s.  Through a
+  socket, receiving into the object handed out is what counts: see
+  :mod:`packet_gevent.ipc.channel`.
 """
 from __future__ import annotations
 
@@ -44,7 +42,7 @@ import io
 import logging
 from typing import Callable, Iterable, List, Optional, Union, overload
 
-from .errors import FrameError
+from .errors import FrameError, FrameTooLarge
 
 __all__ = [
     "HEADER_SIZE",
@@ -85,12 +83,12 @@ def frame_header(length: int, *, max_frame_size: int = MAX_FRAME_LIMIT) -> bytes
     """Return the 9-byte header for a payload of ``length`` bytes.
 
     Lets a writer send header and a big payload with ``sendmsg`` without
-    concatenating them.  Raises FrameError if ``length`` is negative or over
+    concatenating them.  Raises FrameTooLarge if ``length`` is negative or over
     ``max_frame_size`` (at most MAX_FRAME_LIMIT, the most 9 digits can hold).
     """
     if length < 0 or length > max_frame_size or length > MAX_FRAME_LIMIT:
         limit = min(max_frame_size, MAX_FRAME_LIMIT)
-        raise FrameError(
+        raise FrameTooLarge(
             f"cannot frame a payload of {length} bytes: the limit is {limit} bytes; "
             f"split the data into smaller messages")
     return b"%09d" % length
@@ -361,50 +359,3 @@ class BinParser(FrameDecoder):
         for frame in frames:
             callback(frame)
         return None
-
-
-def _measure() -> None:  # pragma: no cover - run by hand to refresh the docstring numbers
-    """Print decoder throughput: python -m packet_gevent.framing."""
-    import time
-
-    def run(chunks: List[bytes]) -> float:
-        dec = FrameDecoder()
-        t0 = time.perf_counter()
-        for chunk in chunks:
-            dec.feed(chunk)
-        return time.perf_counter() - t0
-
-    tiny = encode_frame(b"0123456789") * 1_000_000
-    chunks = [tiny[i:i + 65536] for i in range(0, len(tiny), 65536)]
-    best = min(run(chunks) for _ in range(3))
-    print(f"1M tiny frames, 64 KiB chunks: {best:.3f} s = {1e6 / best / 1e6:.2f} M frames/s")
-    size = 16 << 20
-    big = encode_frame(bytes(size)) * 8
-    chunks = [big[i:i + 65536] for i in range(0, len(big), 65536)]
-    one = chunks[:len(chunks) // 8 + 1]
-    cold = run(one)  # first 16 MiB frame: fresh memory, page faults dominate
-    warm = run(chunks)  # 8 frames in a row: malloc reuses freed buffers
-    print(f"first 16 MiB frame, 64 KiB chunks: {cold * 1e3:.1f} ms = {size / cold / 1e9:.2f} GB/s")
-    print(f"8 x 16 MiB frames, 64 KiB chunks: {warm * 1e3:.1f} ms = {8 * size / warm / 1e9:.2f} GB/s")
-    dec = FrameDecoder()
-    bigview = memoryview(big)
-    t0 = time.perf_counter()
-    pos, done = 0, 0
-    while done < 8:
-        view = dec.payload_buffer_remaining()
-        if view is None:
-            frames = dec.feed(bigview[pos:pos + 65536])
-            pos += min(65536, len(big) - pos)
-        else:
-            k = min(len(view), 65536)
-            view[:k] = bigview[pos:pos + k]
-            pos += k
-            frames = dec.commit(k)
-        done += len(frames)
-    t = time.perf_counter() - t0
-    print(f"8 x 16 MiB via payload_buffer_remaining/commit: {t * 1e3:.1f} ms = "
-          f"{8 * size / t / 1e9:.2f} GB/s")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _measure()

@@ -1,8 +1,9 @@
-"""Shared fixtures: a started reactor, loopback clients, subprocess scripts."""
+"""Shared fixtures: a started reactor, loopback clients, subprocess scripts, and the leak guard."""
 import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import gevent
 import gevent.socket
@@ -11,6 +12,85 @@ import pytest
 from packet_gevent import Reactor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: How long a test's teardown may take to give back its descriptors and
+#: children (a SIGKILLed child is reaped 1-2 ms after the kill; an exit
+#: noticed by EOF and pidfd within a few ms).  The guard re-checks
+#: cooperatively, so the hub runs the callbacks that close and reap.
+LEAK_SETTLE = 2.0
+
+
+# -- the leak guard ----------------------------------------------------------------------------
+
+def open_fds():
+    """{fd: what it points at} for this process (the listing's own fd is left out)."""
+    fds = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the directory listing's own descriptor, closed by now
+            pass
+    return fds
+
+
+def child_pids():
+    """Pids of this process's children, zombies (not yet reaped) included."""
+    me, found = str(os.getpid()), set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as fh:
+                    if fh.read().rsplit(")", 1)[1].split()[1] == me:
+                        found.add(int(name))
+            except (OSError, IndexError):
+                pass
+    return found
+
+
+def _leaks(fds_before, children_before):
+    fds = {fd: target for fd, target in open_fds().items() if fds_before.get(fd) != target}
+    children = child_pids() - children_before
+    return fds, children
+
+
+def _describe_child(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmd = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return f"{pid} (gone)"
+    return f"{pid} state {state}: {cmd or '?'}"
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request):
+    """Fail a test that leaves a file descriptor or a child process behind.
+
+    Compares /proc/self/fd and this process's children (from /proc) before
+    and after the test and its function-scoped fixtures; a difference gets
+    LEAK_SETTLE seconds of cooperative waiting to go away.  Fixtures of a
+    wider scope (a module's pool) are set up before and torn down after.
+    """
+    gevent.get_hub()  # the hub's own descriptors exist before the snapshot
+    fds_before, children_before = open_fds(), child_pids()
+    yield
+    fds, children = _leaks(fds_before, children_before)
+    deadline = time.monotonic() + LEAK_SETTLE
+    while (fds or children) and time.monotonic() < deadline:
+        gevent.sleep(0.005)
+        fds, children = _leaks(fds_before, children_before)
+    problems = []
+    if fds:
+        problems.append("file descriptors left open: " +
+                        ", ".join(f"{fd} -> {target}" for fd, target in sorted(fds.items())))
+    if children:
+        problems.append("child processes left behind: " +
+                        "; ".join(_describe_child(pid) for pid in sorted(children)))
+    if problems:
+        pytest.fail(f"{request.node.nodeid} leaked ({LEAK_SETTLE} s after its end): " +
+                    " / ".join(problems), pytrace=False)
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ import gevent.event
 import gevent.socket
 from gevent.server import StreamServer
 
-from packet_gevent.ipc.channel import BlockingChannel, Channel
+from packet_gevent.ipc.blocking import BlockingChannel
+from packet_gevent.ipc.channel import Channel
 from packet_gevent.ipc.process import live_children, spawn_child
 
 TIMEOUT = 10.0

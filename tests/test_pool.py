@@ -267,6 +267,7 @@ def test_submit_and_wait_from_another_thread(pool):
     def worker():
         future = pool.submit(add, 20, 22)
         out.append(future.result(timeout=10))
+        gevent.get_hub().destroy(destroy_loop=True)  # waiting made this thread a hub
 
     thread = threading.Thread(target=worker)
     thread.start()
@@ -330,3 +331,12 @@ def test_no_file_descriptor_leaks_across_pools():
             pids = p.pids()
         assert_gone(pids)
     wait_for(lambda: open_fds() <= before, message=f"descriptors back to {before}")
+
+
+def test_a_group_whose_pickle_is_over_the_oob_threshold_travels_both_ways(pool):
+    # The codec's pickle of a call (a 300 kB str argument, in band) and of its
+    # result (the same str doubled) is itself sent out of band by the channel.
+    text = "é" * 150_000
+    assert pool.submit(str.__add__, text, text).result(timeout=10) == text * 2
+    futures = [pool.submit(str.upper, text) for _ in range(8)]   # grouped: one big pickle
+    assert all(f.result(timeout=10) == text.upper() for f in futures)

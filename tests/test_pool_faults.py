@@ -102,6 +102,31 @@ def bad_initializer():
 
 
 
+class Noisy:
+    """Writes ``path`` when it is finalised in a pool process (not in the master)."""
+
+    def __init__(self, path, master):
+        self.path, self.master = path, master
+
+    def __del__(self):
+        if os.getpid() != self.master:
+            with open(self.path, "w") as fh:
+                fh.write("finalised\n")
+
+
+def make_noisy(arg, path, master):
+    return Noisy(path, master)
+
+
+class ExitOnPickle:
+    def __reduce__(self):
+        raise SystemExit(4)
+
+
+def exit_on_pickle():
+    return ExitOnPickle()
+
+
 def settle(futures, timeout=20):
     """Wait for every future; return [("ok", value) | ("error", exc)]."""
     out = []
@@ -411,3 +436,30 @@ def test_killed_processes_are_freed_without_a_gc_collection():
     finally:
         if was_enabled:
             gc.enable()
+
+
+# -- what a pool process keeps after a task --------------------------------------------------------
+
+def test_a_pool_process_releases_the_function_arguments_and_result_once_it_answered(tmp_path):
+    master = os.getpid()
+    with ForkPool(1) as p:
+        arg, result = str(tmp_path / "arg"), str(tmp_path / "result")
+        returned = p.submit(make_noisy, Noisy(arg, master), result, master).result(timeout=10)
+        assert isinstance(returned, Noisy)
+        # No further task arrives: both copies in the child are finalised now.
+        wait_for(lambda: os.path.exists(arg) and os.path.exists(result), 5.0,
+                 "the child's copies of the argument and the result to be finalised")
+
+
+def test_system_exit_while_pickling_a_result_fails_that_task_and_the_process_lives_on():
+    with ForkPool(1) as p:
+        pid = p.submit(pid_of).result(timeout=10)
+        future = p.submit(exit_on_pickle)
+        with pytest.raises(SystemExit) as info:
+            future.result(timeout=10)
+        assert info.value.code == 4
+        together = [p.submit(exit_on_pickle), p.submit(inc, 1)]   # one batch: only its own task fails
+        assert settle(together)[1] == ("ok", 2)
+        assert isinstance(settle(together)[0][1], SystemExit)
+        assert p.submit(pid_of).result(timeout=10) == pid
+        assert p.statistics().get("crashed", 0) == 0

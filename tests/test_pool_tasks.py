@@ -11,6 +11,7 @@ from packet_gevent import ForkPool, SerializationError, WorkerError
 from packet_gevent.pool.futures import Future
 from packet_gevent.pool.tasks import (ERR, OK, OOB_THRESHOLD, GroupDecodeError, RemoteTraceback, TaskCodec,
                                  encode_exception, rebuild_exception, run_call)
+from tests.conftest import wait_for
 from tests.test_pool import inc
 from tests.test_pool_faults import NeedsTwoArgs, return_lock
 
@@ -97,7 +98,9 @@ def test_future_works_with_stdlib_wait_from_a_thread_and_is_cheap():
     thread = threading.Thread(target=lambda: results.append(
         concurrent.futures.wait(futures, timeout=10, return_when=concurrent.futures.ALL_COMPLETED)))
     thread.start()
-    gevent.sleep(0.05)  # not needed for correctness: lets the thread install its waiter first
+    # Not needed for correctness: lets the thread take the futures' conditions
+    # (made on first use) and install its waiter before they complete.
+    wait_for(lambda: all(f._cond is not None for f in futures), message="the waiting thread")
     futures[0].set_result(1)
     futures[1].set_exception(KeyError("k"))
     assert futures[2].cancel()

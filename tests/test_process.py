@@ -87,6 +87,7 @@ def test_a_raising_on_exit_callback_does_not_stop_the_others(caplog):
     child.on_exit(lambda c: 1 / 0)
     child.on_exit(calls.append)
     h.wait_child(child)
+    child.sock.close()
     assert calls == [child]
     assert "on_exit callback" in caplog.text
 

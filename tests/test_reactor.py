@@ -187,6 +187,8 @@ def test_timers_fire_once_periodically_and_cancel(reactor):
     one_shot = reactor.add_timer(0.01, fired.append, "once")
     cancelled = reactor.add_timer(0.02, fired.append, "never")
     reactor.cancel_timer(cancelled)
+    later = gevent.event.Event()
+    reactor.add_timer(0.03, later.set)  # fires after the cancelled one would have
     ticks = []
 
     def tick():
@@ -196,8 +198,7 @@ def test_timers_fire_once_periodically_and_cancel(reactor):
             done.set()
 
     periodic = reactor.add_periodic_timer(0.005, tick)
-    assert done.wait(5)
-    gevent.sleep(0.05)
+    assert done.wait(5) and later.wait(5)
     assert fired == ["once"]
     assert len(ticks) == 5
     assert not one_shot.active and not periodic.active
@@ -225,8 +226,14 @@ def test_periodic_timer_skips_ticks_while_its_callback_blocks(reactor):
 
 def test_next_turn_runs_once(reactor):
     calls = []
-    reactor.next_turn(calls.append, 1)
-    gevent.sleep(0.05)
+    turned = gevent.event.Event()
+
+    def first(value):
+        calls.append(value)
+        reactor.next_turn(turned.set)  # runs on a later turn, after a repeat would have
+
+    reactor.next_turn(first, 1)
+    assert turned.wait(5)
     assert calls == [1]
 
 
@@ -414,6 +421,7 @@ def test_reactor_started_in_another_thread_runs_on_that_threads_hub():
         while not stop.is_set():
             gevent.sleep(0.01)
         r.stop(timeout=2)
+        gevent.get_hub().destroy(destroy_loop=True)  # a thread's hub: its loop's fds go with it
 
     t = threading.Thread(target=thread_main, daemon=True)
     t.start()

@@ -534,3 +534,18 @@ def test_reactor_stop_answers_pending_requests_and_ends_the_workers():
                                    "killed: it had not exited 0.5 s later")
     assert reactor.workers.pending_count() == 0
     wait_for(lambda: all(proc_gone(pid) for pid in pids), timeout=2, message="every worker gone")
+
+
+def test_an_exception_in_receive_data_is_logged_once_at_error_with_its_traceback_in_the_master(
+        wreactor, caplog):
+    with caplog.at_level(logging.DEBUG):
+        reply = ask(wreactor, "echo_worker", ("raise", "boom"))
+        assert reply["type"] == "error" and "asked to raise: boom" in reply["error"]
+    # The worker sends the log line before the reply, on the same channel.
+    records = [r for r in caplog.records if "asked to raise: boom" in r.getMessage()]
+    assert len(records) == 1
+    record = records[0]
+    assert record.levelno == logging.ERROR and record.process == os.getpid()
+    assert record.name == "packet_gevent.workers.echo_worker"
+    assert "Traceback (most recent call last)" in record.getMessage()
+    assert "receive_data raised on a 'request' message" in record.getMessage()

@@ -8,7 +8,7 @@ import gevent.event
 import pytest
 
 from packet_gevent import Reactor, Worker
-from packet_gevent.workers import process as worker_process
+from packet_gevent.ipc import supervision
 from .conftest import wait_for
 from .test_workers import proc_gone
 
@@ -51,7 +51,7 @@ def _ask(reactor, name, data):
 
 
 def test_a_worker_that_closes_its_channel_is_killed_after_exit_wait(reactor, monkeypatch):
-    monkeypatch.setattr(worker_process, "EXIT_WAIT", 0.2)
+    monkeypatch.setattr(supervision, "EXIT_WAIT", 0.2)
     reactor.start_worker(worker=ChannelCloser)
     pid = reactor.workers.pids("channel_closer")[0]
     started = time.monotonic()
@@ -64,7 +64,7 @@ def test_a_worker_that_closes_its_channel_is_killed_after_exit_wait(reactor, mon
 
 
 def test_an_exit_without_eof_answers_after_eof_wait(reactor, monkeypatch):
-    monkeypatch.setattr(worker_process, "EOF_WAIT", 0.2)
+    monkeypatch.setattr(supervision, "EOF_WAIT", 0.2)
     pimp = reactor.start_worker(worker=GrandchildKeeper)
     pid = reactor.workers.pids("grandchild_keeper")[0]
     result = _ask(reactor, "grandchild_keeper", None)

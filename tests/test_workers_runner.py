@@ -56,7 +56,9 @@ def test_a_blocking_call_holds_back_later_calls_but_not_the_hub():
     _post_from_hub(runner, lambda: (order.append("first"), release.wait(5), order.append("first done")))
     _post_from_hub(runner, order.append, "second")
     assert order == ["first"] and runner.busy
-    gevent.sleep(0.01)  # the hub runs other greenlets meanwhile
+    other = gevent.event.Event()
+    gevent.spawn(other.set)
+    assert other.wait(5)  # the hub runs other greenlets meanwhile
     assert order == ["first"]
     release.set()
     runner.post(finished.set)

@@ -5,17 +5,17 @@ parent by one AF_UNIX socketpair, and tell the parent promptly and exactly how
 it ended.  Workers (a long-lived child running its own reactor) and the fork
 pool (children running CPU-bound tasks) both start children here.
 
-In the child, before ``target(sock, *args)`` runs (fork-under-gevent.md):
+In the child, before ``target(sock, *args)`` runs:
 
 * it dies with the parent: ``PR_SET_PDEATHSIG=SIGKILL`` plus a ``getppid()``
-  check right after (trap 5);
+  check right after;
 * signals the parent handled (Python handlers, gevent/libev watchers) go
   back to the default disposition; ignored ones stay ignored; SIGINT is
   ignored unless ``ignore_sigint=False``, so Ctrl-C in a terminal reaches
-  only the master, which decides (trap 8);
+  only the master, which decides;
 * the parent's hub is abandoned, never run again: its libev loop is destroyed
   and ``get_hub()`` builds a fresh one, so no greenlet, timer, watcher or accept
-  loop of the parent ever runs in the child (trap 1, gipc's approach).  Unlike
+  loop of the parent ever runs in the child (gipc's approach).  Unlike
   gipc we neither call ``gevent.reinit()`` nor ``hub.destroy()`` on the old hub:
   both would run code of a hub we throw away (reinit re-arms its threadpool and
   may start its monitoring thread; destroy switches into it).  The old hub is
@@ -31,7 +31,7 @@ In the child, before ``target(sock, *args)`` runs (fork-under-gevent.md):
 * inherited sockets and FIFOs other than its own channel end (listening
   sockets, client connections, siblings' channel ends, pipes) are released
   with the ORIGINAL close semantics (``dup2`` of /dev/null over the number,
-  immediate, never gevent's deferred ``os.close``, trap 2).  The numbers stay
+  immediate, never gevent's deferred ``os.close``).  The numbers stay
   taken by /dev/null so that a stale socket object of the parent finalised in
   the child closes a harmless descriptor, not a reused one such as the
   channel.  Regular files, stdio and ``keep_fds`` stay;
@@ -180,7 +180,7 @@ class ChildProcess:
     """A child started by :func:`spawn_child`, as seen from the parent.
 
     ``sock`` is the parent's end of the socketpair (non-blocking); hand it to
-    a :class:`~packet_gevent.channel.Channel`.  ``exitcode`` (exit status) or
+    a :class:`~packet_gevent.ipc.channel.Channel`.  ``exitcode`` (exit status) or
     ``signal`` (killing signal) is set once the child has been reaped; both
     stay None while it runs and when its status was lost to another reaper.
     """
@@ -369,7 +369,7 @@ def spawn_child(target: Callable[..., Optional[int]], *, name: str = "", args: t
     pid = _fork()
     if pid == 0:  # child: never returns
         _child_main(target, args, name, child_fd, parent_sock, keep, parent_pid, ignore_sigint)
-    _close(child_fd)  # now, before anything can fork again (trap 2)
+    _close(child_fd)  # now, before anything can fork again
     parent_sock.setblocking(False)
     libev_reaps = _libev_reaps_children()
     child = ChildProcess(pid, name, parent_sock, None if libev_reaps else _open_pidfd(pid))

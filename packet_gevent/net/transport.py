@@ -4,8 +4,11 @@ A connection is an actor.  Its callbacks run in its own greenlet, so they may
 block cooperatively; the socket is read by a persistent libev io watcher *in
 the hub*, which switches straight into the greenlet with the bytes (two raw
 greenlet switches per message, no Waiter, no watcher start/stop).  Measured
-on this 2-core machine (design-notes.md): ~10-14 us of server CPU per echo
-round trip against 18-26 us for a StreamServer recv/sendall loop.
+with ``python -m benchmarks.echo`` (README, 2-core machine): 7.7-10.4 us of
+server CPU per echo round trip against 12.5-16.6 us for a StreamServer
+recv/sendall loop.  This is the byte fast path of the one greenlet +
+mailbox primitive; workers and the master's runners share the object one,
+:class:`packet_gevent.runner.Mailbox`.
 
 When a callback blocks (``gevent.sleep``, a patched socket...), the greenlet is
 parked by gevent itself.  A read event arriving meanwhile does not switch into
@@ -38,7 +41,7 @@ from gevent.monkey import get_original
 logger = logging.getLogger("packet_gevent.net.connection")
 
 # The real os.close: gevent >= 25.8 patches os.close to defer closing to the
-# next loop pass (fork-under-gevent.md, trap 2).  We close right away.
+# next loop pass; a socket a child releases must be closed at once.  We close right away.
 _os_close = get_original("os", "close")
 
 #: Bytes asked for per recv.  64 KiB matches the socket buffer sizes Linux

@@ -1,14 +1,14 @@
 """One fork-pool process, both sides: the master's handle on it and the child's task loop.
 
-Started with :func:`~packet_gevent.process.spawn_child` and spoken to over a
-:class:`~packet_gevent.channel.Channel` (master, in the hub) /
-:class:`~packet_gevent.channel.BlockingChannel` (child, no hub): one
+Started with :func:`~packet_gevent.ipc.process.spawn_child` and spoken to over a
+:class:`~packet_gevent.ipc.channel.Channel` (master, in the hub) /
+:class:`~packet_gevent.ipc.blocking.BlockingChannel` (child, no hub): one
 mechanism for workers and pool alike.  What the scheduler decides (which
 task goes where, what a death means for each task) lives in :mod:`.pool`;
 this module only moves task groups and outcomes and tells the pool what
 happened.
 
-Messages (tuples; the payloads are :class:`~packet_gevent.tasks.TaskCodec`
+Messages (tuples; the payloads are :class:`~packet_gevent.pool.tasks.TaskCodec`
 encodings, decoded by the receiver itself so a bad object fails one task,
 never the channel):
 
@@ -41,23 +41,22 @@ import pickle
 import select
 import struct
 import time
-import traceback
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
-from ..ipc.channel import BlockingChannel, Channel
+from ..ipc.blocking import BlockingChannel
+from ..ipc.channel import Channel
+from ..ipc.pickling import OOB_THRESHOLD
 from ..ipc.process import ChildProcess, spawn_child
+from ..ipc.supervision import EXIT_INIT_FAILED, INIT_FAILED, ChildLink, init_failed_message
 from .tasks import ERR, Encoded, GroupDecodeError, Task, TaskCodec, run_call
 
 __all__ = ["PoolProcess", "Markers", "RUN", "SKIP", "DONE", "BAD_GROUP", "INIT_FAILED",
-           "EXIT_INIT_FAILED", "FLUSH_INTERVAL"]
+           "EXIT_INIT_FAILED", "FLUSH_INTERVAL"]  # INIT_FAILED, EXIT_INIT_FAILED: ipc.supervision
 
 logger = logging.getLogger(__name__)
 
 RUN, SKIP = "run", "skip"
-DONE, BAD_GROUP, INIT_FAILED = "done", "bad_group", "init_failed"
-
-#: Exit status of a pool process whose initializer raised.
-EXIT_INIT_FAILED = 3
+DONE, BAD_GROUP = "done", "bad_group"
 
 #: The child sends its outcomes and looks for new input at least this often
 #: while it works through a queue.  1 ms: tiny tasks still travel in batches
@@ -82,13 +81,20 @@ in_pool_process = False
 def wire(encoded: Encoded) -> Encoded:
     """``encoded`` ready for the channel: big ``bytes`` wrapped as PickleBuffers.
 
-    The channel sends every protocol-5 buffer out of band at any depth, but
-    finds big ``bytes`` only near the top of a message; ours sit deeper.
-    The receiver gets each one back as the ``bytes`` frame itself.
+    The task codec has pickled the calls or outcomes already; the channel
+    only pickles this envelope around them.  It sends every protocol-5
+    buffer out of band at any depth, but finds big ``bytes`` only near the
+    top of a message; ours sit deeper, so they are wrapped, the codec's
+    pickle itself too when it is big.  The receiver gets each one back as
+    the ``bytes`` frame itself.
     """
     data, bigs, buffers = encoded
+    if len(data) >= OOB_THRESHOLD:
+        data = pickle.PickleBuffer(data)  # type: ignore[assignment]
     if bigs:
         return data, [pickle.PickleBuffer(big) for big in bigs], buffers
+    if type(data) is not bytes:
+        return data, bigs, buffers
     return encoded
 
 
@@ -115,15 +121,9 @@ class PoolProcess:
     is the order the child runs them.  The pool is called back, in the hub,
     with ``_on_outcomes(proc, outcomes, busy)``, ``_on_bad_group(proc, ids)``,
     ``_on_init_failed(proc, text)`` and ``_on_gone(proc)`` (once, when the
-    process has exited and its channel is drained).
+    process has exited and its channel is drained: the process layer's
+    :class:`~packet_gevent.ipc.supervision.ChildLink`, shared with workers).
     """
-
-    #: After the channel reached EOF, how long the process gets to exit before SIGKILL.
-    EXIT_WAIT = 1.0
-    #: After the process exited, how long to wait for EOF (outcomes it sent
-    #: before dying are delivered first); only a grandchild holding the socket
-    #: could delay it.
-    EOF_WAIT = 0.5
 
     def __init__(self, pool: Any, slot: int, markers: Markers, codec: TaskCodec, *,
                  initializer: Optional[Callable[..., Any]], initargs: tuple,
@@ -135,14 +135,10 @@ class PoolProcess:
         self.max_tasks = max_tasks
         self.inflight: Dict[int, Task] = {}
         self.sent = 0             # tasks ever sent (max_tasks_per_child)
-        self.accepting = True     # False once retiring, killed or closed
-        self.killed_for: Optional[str] = None
-        self.eof = False
-        self.exited = False
-        self.gone = False
+        self._accepting = True    # False once retiring, killed or closed
+        self.killed_for: Optional[str] = None   # why the scheduler killed it, if it did
         self.timeout_timer: Any = None
         self.timeout_due = 0.0
-        self._grace_timer: Any = None
         markers.clear(slot)
         self.child: ChildProcess = spawn_child(
             _child_main, name=f"pool-{slot}",
@@ -150,12 +146,26 @@ class PoolProcess:
         self.pid = self.child.pid
         self.started_at = time.monotonic()
         self.channel = Channel(self.child.sock)
-        self.channel.start(self._on_message, self._on_close)
-        self.child.on_exit(self._on_exit)
+        self.link = ChildLink(self.child, self.channel, f"pool process {slot}",
+                              on_message=self._on_message, on_gone=self._on_gone)
 
     def __repr__(self) -> str:
         return (f"<PoolProcess slot={self.slot} pid={self.pid} inflight={len(self.inflight)} "
                 f"{'accepting' if self.accepting else 'closing'}>")
+
+    @property
+    def accepting(self) -> bool:
+        """Takes new tasks: not retiring, killed, closed or gone."""
+        link = self.link
+        return self._accepting and not (link.eof or link.exited)
+
+    @accepting.setter
+    def accepting(self, value: bool) -> None:
+        self._accepting = value
+
+    @property
+    def gone(self) -> bool:
+        return self.link.gone
 
     # -- sending ------------------------------------------------------------------------
     def send(self, groups: List[Tuple[List[int], Encoded]]) -> None:
@@ -176,21 +186,20 @@ class PoolProcess:
     # -- ending ---------------------------------------------------------------------------
     def kill(self, reason: str) -> None:
         """SIGKILL the process; it takes no more tasks.  ``_on_gone`` follows."""
-        self.accepting = False
+        self._accepting = False
         if self.killed_for is None:
             self.killed_for = reason
-        self.child.kill()
+        self.link.kill(reason)
 
     def close(self) -> None:
         """Ask the process to exit once its queue is done (EOF on its channel)."""
-        self.accepting = False
+        self._accepting = False
         self.channel.close()
 
     def cancel_timers(self) -> None:
-        for timer in (self.timeout_timer, self._grace_timer):
-            if timer is not None:
-                timer.close()
-        self.timeout_timer = self._grace_timer = None
+        if self.timeout_timer is not None:
+            self.timeout_timer.close()
+            self.timeout_timer = None
 
     # -- events (in the hub) -------------------------------------------------------------
     def _on_message(self, msg: Tuple[Any, ...]) -> None:
@@ -207,46 +216,14 @@ class PoolProcess:
         elif kind == BAD_GROUP:
             self.pool._on_bad_group(self, msg[1], msg[2])
         elif kind == INIT_FAILED:
-            self.accepting = False
+            self._accepting = False
             self.pool._on_init_failed(self, msg[1])
         else:
             logger.error("pool process %d sent an unknown message %r", self.pid, kind)
 
-    def _on_close(self, exc: Optional[BaseException]) -> None:
-        self.eof = True
-        self.accepting = False
-        if exc is not None:
-            logger.warning("pool process %d: channel failed (%s); killing it", self.pid, exc)
-            self.child.kill()
-        if self.exited:
-            self._finish()
-        elif self._grace_timer is None:
-            self._arm_grace(self.EXIT_WAIT, self.child.kill)
-
-    def _on_exit(self, _child: ChildProcess) -> None:
-        self.exited = True
-        self.accepting = False
-        if self.eof:
-            self._finish()
-        else:
-            self._arm_grace(self.EOF_WAIT, self._finish)
-
-    def _arm_grace(self, seconds: float, fn: Callable[[], Any]) -> None:
-        if self._grace_timer is not None:
-            self._grace_timer.close()
-        self._grace_timer = self.channel._loop.timer(seconds)
-        self._grace_timer.start(fn)
-
-    def _finish(self) -> None:
-        if self.gone:
-            return
-        if not self.exited:  # EOF, then no exit within EXIT_WAIT: killed, wait for the reaper
-            self.child.kill()
-            self._arm_grace(self.EOF_WAIT, self._finish)
-            return
-        self.gone = True
+    def _on_gone(self) -> None:
         self.cancel_timers()
-        self.channel.close()
+        self.link.close()
         self.pool._on_gone(self)
 
 
@@ -269,7 +246,7 @@ def _child_main(sock: Any, marker_map: mmap.mmap, slot: int,
         try:
             initializer(*initargs)
         except BaseException:
-            channel.send((INIT_FAILED, traceback.format_exc()))
+            channel.send(init_failed_message())
             return EXIT_INIT_FAILED
     return _TaskLoop(channel, marker_map, slot, max_tasks, TaskCodec(serializer)).run()
 
@@ -321,9 +298,12 @@ class _TaskLoop:
                 self.skipped.discard(tid)
             else:
                 pack_into(marker_map, offset, tid, monotonic())
-                status, value = run_call(fn, args, kwargs)
-                outcomes.append((tid, status, value))
+                outcomes.append((tid, *run_call(fn, args, kwargs)))
                 self.busy += clock() - start
+            # Hold nothing of the task here: the outcome list is the last
+            # reference to its result (cleared once sent), and the function and
+            # arguments go now, so their __del__ runs before the next task comes.
+            fn = args = kwargs = None
             self.done += 1
 
     def take(self, messages: List[Tuple[Any, ...]]) -> None:

@@ -23,6 +23,7 @@ import gevent.event
 import gevent.lock
 
 from ..errors import PoolBroken, PoolClosed, SerializationError, TaskTimeout
+from ..ipc.supervision import Backoff
 from .futures import Future
 from .process import Markers, PoolProcess
 from .tasks import OK, Task, TaskCodec, describe_callable, rebuild_exception
@@ -81,7 +82,8 @@ class PoolScheduler:
         self._procs: List[Optional[PoolProcess]] = [None] * size
         self._markers: Optional[Markers] = None
         self._restart_timers: Dict[int, Any] = {}
-        self._failures = [0] * size
+        self._backoffs = [Backoff(RESTART_MIN_DELAY, RESTART_MAX_DELAY, RESTART_RESET)
+                          for _ in range(size)]
         self._queue: Deque[Task] = collections.deque()
         self._ids = itertools.count(1)
         self._unfinished = 0
@@ -374,12 +376,10 @@ class PoolScheduler:
     def _restart_later(self, slot: int, young: bool) -> None:
         if slot in self._restart_timers:
             return
-        if not young:
-            self._failures[slot] = 0
+        delay = self._backoffs[slot].delay(0.0 if young else RESTART_RESET)
+        if not delay:
             self._spawn(slot)
             return
-        delay = min(RESTART_MAX_DELAY, RESTART_MIN_DELAY * 2 ** self._failures[slot])
-        self._failures[slot] += 1
         timer = self._loop.timer(delay)
         self._restart_timers[slot] = timer
         timer.start(self._spawn, slot)

@@ -22,13 +22,13 @@ are handed over separately, never copied into the pickle.
 from __future__ import annotations
 
 import io
-import itertools
 import pickle
 import sys
 import traceback
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..errors import SerializationError, WorkerError
+from ..ipc.pickling import OOB_THRESHOLD, OOBUnpickler, SplitCollector, holds_big_bytes, oob_pickler_class
 
 __all__ = [
     "OK", "ERR", "OOB_THRESHOLD", "Task", "Call", "Encoded", "TaskCodec", "GroupDecodeError",
@@ -40,9 +40,8 @@ __all__ = [
 OK = 0
 ERR = 1
 
-#: ``bytes`` and protocol-5 buffers at least this big travel out of band.
-#: Same bound as the channel's (a 64 KiB copy costs ~10 us here).
-OOB_THRESHOLD = 64 * 1024
+# Every argument, kwarg value and result is looked at (and one level into it) for a big bytes.
+_ALL = sys.maxsize
 
 #: A call: (fn, args, kwargs-or-None).
 Call = Tuple[Callable[..., Any], tuple, Optional[Dict[str, Any]]]
@@ -131,15 +130,6 @@ def _pickler_class(serializer: str) -> type:
     raise ValueError(f"serializer must be 'pickle' or 'cloudpickle', got {serializer!r}")
 
 
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, bigs: List[bytes], buffers: Sequence[Any]) -> None:
-        super().__init__(io.BytesIO(data), buffers=buffers)
-        self._bigs = bigs
-
-    def persistent_load(self, pid: Any) -> Any:
-        return self._bigs[pid]
-
-
 class TaskCodec:
     """Encodes call groups (master side) and outcome lists (child side).
 
@@ -148,35 +138,13 @@ class TaskCodec:
     """
 
     def __init__(self, serializer: str = "pickle") -> None:
-        base = _pickler_class(serializer)
         self.serializer = serializer
-
-        class OOBPickler(base):  # type: ignore[misc, valid-type]
-            def __init__(self, file: io.BytesIO) -> None:
-                super().__init__(file, 5, buffer_callback=self._buffer)
-                self.bigs: List[bytes] = []
-                self.buffers: List[pickle.PickleBuffer] = []
-
-            def persistent_id(self, obj: Any) -> Optional[int]:
-                # bytes skip reducer_override and buffer_callback; this is the
-                # hook the C pickler calls for them.
-                if type(obj) is bytes and len(obj) >= OOB_THRESHOLD:
-                    self.bigs.append(obj)
-                    return len(self.bigs) - 1
-                return None
-
-            def _buffer(self, buf: pickle.PickleBuffer) -> bool:
-                if buf.raw().nbytes < OOB_THRESHOLD:
-                    return True
-                self.buffers.append(buf)
-                return False
-
-        self._pickler_class = OOBPickler
+        self._pickler_class = oob_pickler_class(_pickler_class(serializer))
         self._fast_dumps = pickle.dumps if serializer == "pickle" else sys.modules["cloudpickle"].dumps
         # One pickler reused for every message: making one costs ~5 us, more
         # than pickling a small message.
         self._file = io.BytesIO()
-        self._pickler = OOBPickler(self._file)
+        self._pickler = self._pickler_class(self._file, SplitCollector())
         self._busy = False
 
     def dumps(self, obj: Any, big: bool = True) -> Encoded:
@@ -189,24 +157,25 @@ class TaskCodec:
         if not big:
             buffers: List[pickle.PickleBuffer] = []
             return self._fast_dumps(obj, 5, buffer_callback=buffers.append), [], buffers
+        collector = SplitCollector()
         if self._busy:  # re-entered from a __reduce__: a throwaway pickler
             file = io.BytesIO()
-            pickler = self._pickler_class(file)
-            pickler.dump(obj)
-            return file.getvalue(), pickler.bigs, pickler.buffers
+            self._pickler_class(file, collector).dump(obj)
+            return file.getvalue(), collector.bigs, collector.buffers
         self._busy = True
         file, pickler = self._file, self._pickler
+        pickler.collector = collector  # the returned lists are the caller's
         try:
             file.seek(0)
             file.truncate()
             pickler.dump(obj)
-            return file.getvalue(), pickler.bigs, pickler.buffers
+            return file.getvalue(), collector.bigs, collector.buffers
         finally:
             pickler.clear_memo()
-            pickler.bigs, pickler.buffers = [], []  # the returned lists are the caller's
+            pickler.collector = None  # holds the message's big buffers: they are the caller's now
             if file.tell() > 1 << 20:  # do not keep a big buffer around
                 self._file = io.BytesIO()
-                self._pickler = self._pickler_class(self._file)
+                self._pickler = self._pickler_class(self._file, SplitCollector())
             self._busy = False
 
     @staticmethod
@@ -214,14 +183,14 @@ class TaskCodec:
         data, bigs, buffers = encoded
         if not bigs:  # the C fast path
             return pickle.loads(data, buffers=buffers)
-        return _Unpickler(data, bigs, buffers).load()
+        return OOBUnpickler(data, bigs, buffers).load()
 
     # -- master -> child ------------------------------------------------------------------
     def encode_calls(self, calls: List[Call]) -> Encoded:
         """One pickle for the group; SerializationError (with the fix) if it cannot be made."""
         big = False
         for _fn, args, kwargs in calls:
-            if _has_big_bytes(args) or (kwargs and _has_big_bytes(kwargs.values())):
+            if holds_big_bytes(args, _ALL) or (kwargs and holds_big_bytes(kwargs, _ALL)):
                 big = True
                 break
         try:
@@ -257,48 +226,31 @@ class TaskCodec:
         so the master never receives a reply it cannot unpickle.
         """
         try:
-            encoded = self.dumps(outcomes, _has_big_bytes([value for _, _, value in outcomes]))
+            encoded = self.dumps(outcomes, holds_big_bytes([value for _, _, value in outcomes], _ALL))
             if any(type(value) not in _PLAIN for _, _, value in outcomes):
                 self.loads(encoded)
             return encoded
-        except Exception:
-            if len(outcomes) == 1:
-                return self.dumps([_unsendable(outcomes[0])])
+        except BaseException:  # SystemExit from a __reduce__ too: it fails its task, as in the stdlib
             return self.dumps([self._checked(outcome) for outcome in outcomes])
 
     def _checked(self, outcome: Tuple[int, int, Any]) -> Tuple[int, int, Any]:
+        """``outcome`` if it travels; else the error its task gets instead.
+
+        An Exception while pickling becomes a SerializationError naming the
+        value; a BaseException (SystemExit, KeyboardInterrupt raised by a
+        ``__reduce__``) is that task's exception, as ProcessPoolExecutor does.
+        """
         try:
             self.loads(self.dumps(outcome))
             return outcome
         except Exception:
             return _unsendable(outcome)
+        except BaseException as exc:
+            return outcome[0], ERR, encode_exception(exc)
 
     @classmethod
     def decode_outcomes(cls, encoded: Encoded) -> List[Tuple[int, int, Any]]:
         return cls.loads(encoded)
-
-
-def _has_big_bytes(values: Iterable[Any]) -> bool:
-    """Whether a ``bytes`` of OOB_THRESHOLD or more is among ``values`` or their items.
-
-    Looks one level into tuples, lists and dict values (first 8 items): where
-    call arguments and results carry payloads.  One deeper down is pickled in
-    band: correct, one copy more each way.
-    """
-    for value in values:
-        kind = type(value)
-        if kind is bytes:
-            if len(value) >= OOB_THRESHOLD:
-                return True
-        elif kind is tuple or kind is list:
-            for item in value[:8]:
-                if type(item) is bytes and len(item) >= OOB_THRESHOLD:
-                    return True
-        elif kind is dict:
-            for item in itertools.islice(value.values(), 8):
-                if type(item) is bytes and len(item) >= OOB_THRESHOLD:
-                    return True
-    return False
 
 
 def _unsendable(outcome: Tuple[int, int, Any]) -> Tuple[int, int, Any]:
@@ -307,7 +259,7 @@ def _unsendable(outcome: Tuple[int, int, Any]) -> Tuple[int, int, Any]:
     try:
         pickle.loads(pickle.dumps(value, 5))
         detail = "its out-of-band buffers failed"
-    except Exception as exc:
+    except BaseException as exc:
         detail = f"{type(exc).__name__}: {exc}"
     error = SerializationError(
         f"the task's {what} ({type(value).__module__}.{type(value).__qualname__}) could not be "

@@ -3,7 +3,7 @@
 ``Reactor(worker_root=path)`` loads the worker classes of ``path``
 (:mod:`.loader`) and, when the reactor starts, starts every worker that is
 not ``no_auto_load``, each in its own forked process(es)
-(:mod:`.worker_process`; the child side is :mod:`.worker`).  The
+(:mod:`.process`; the child side is :mod:`.worker`).  The
 :class:`WorkerManager` (``reactor.workers``) then:
 
 * sends ``ask_worker`` requests as dicts over each worker's private channel
@@ -13,7 +13,7 @@ not ``no_auto_load``, each in its own forked process(es)
   pending; a connection's requests stay on one process while any is pending,
   so its replies keep their order);
 * hands each dict a worker sends to the worker's proxy (:mod:`.pimp`), in
-  order, in the proxy's long-lived greenlet (:mod:`.runner`); reply
+  order, in the proxy's long-lived greenlet (:mod:`packet_gevent.runner`); reply
   callbacks of requests asked without a connection run in one more such
   greenlet (one that blocks is left its own); no greenlet is spawned per
   message, and the hub never runs user code and never blocks;
@@ -28,22 +28,21 @@ not ``no_auto_load``, each in its own forked process(es)
   restarted process; past the bound they are answered with an error at once.
   Requests in flight at a crash are *not* retried (they may have had effects).
 
-Measured with ``python -m packet_gevent.workers.manager`` (:func:`_measure`; Python
-3.11, shared 2-core VM; medians of 8 runs alternating with the previous
-version, which spawned two greenlets per reply, in two sessions):
+Measured with ``python -m benchmarks.workers`` (Python 3.11, shared 2-core
+VM; medians of 8 runs in two sessions):
 
-* ask_worker round trip with a callback, one at a time: p50 39-45 us (was
-  78-84), p99 82-105 us (was ~180) when the kernel keeps master and worker
-  on one CPU; p50 118 us (was 166), p99 ~220 us (was ~260) when each
-  wake-up crosses CPUs.  A bare hub-to-hub Channel echo of the same dict
-  takes 31 and 98 us in those two cases: the VM's cross-CPU wake-up is most
-  of the second (the kernel picks the case; runs of one session differ);
-* 20,000 requests in flight: 98k requests/s (was 38k) when master and worker
-  run in parallel, 66k (was 36k) when they share a CPU and the costs add up:
-  per request ~4.5 us of master CPU to ask (2 of them pickling and framing),
-  ~3.7 to route the reply (2 decoding), ~5 in the worker (4 in the channel);
-* SIGKILL of a worker to the error reply of its pending request: 2.0-2.3 ms;
-  to the restarted worker's first answer: 6-8 ms.
+* ask_worker round trip with a callback, one at a time: p50 39-45 us, p99
+  82-105 us when the kernel keeps master and worker on one CPU; p50 118 us,
+  p99 ~220 us when each wake-up crosses CPUs.  A bare hub-to-hub Channel
+  echo of the same dict takes 31 and 98 us in those two cases: the VM's
+  cross-CPU wake-up is most of the second (the kernel picks the case; runs
+  of one session differ);
+* 20,000 requests in flight: 98k requests/s when master and worker run in
+  parallel, 66k when they share a CPU and the costs add up: per request
+  ~4.5 us of master CPU to ask (2 of them pickling and framing), ~3.7 to
+  route the reply (2 decoding), ~5 in the worker (4 in the channel);
+* SIGKILL of a worker to the error reply of its pending request: 1.0-2.3
+  ms; to the restarted worker's first answer: 4.6-8 ms.
 
 Workers of a SIGKILLed master were gone 6-10 ms later (PR_SET_PDEATHSIG, and
 EOF on the channel as well; measured from a test-like script, 10 runs).
@@ -61,11 +60,12 @@ import gevent
 import gevent.event
 
 from ..errors import (ChannelClosed, FrameError, InvalidWorker, SerializationError, WorkerCrashed,
-                     WorkerError)
+                     WorkerError, WorkerStopped)
+from ..ipc.supervision import INIT_FAILED, Backoff
 from .loader import find_proxy_class, load_worker_root
 from .pimp import Callback, MetaPimp, Pimp
 from ..runner import SerialRunner
-from .worker import INIT_FAILED, LOG, MSG, READY, ROUTING_KEYS, Worker, error_reply
+from .worker import LOG, MSG, READY, ROUTING_KEYS, Worker, error_reply
 from .process import WorkerProcess
 
 __all__ = ["WorkerManager", "Worker", "Pimp", "MetaPimp", "Callback", "load_worker_root",
@@ -115,7 +115,7 @@ class _Group:
         self.key = key
         self.options = options
         self.procs: List[Optional[WorkerProcess]] = [None] * pool_size
-        self.failures = [0] * pool_size
+        self.backoffs: Dict[int, Backoff] = {}   # per index, made at its first death
         self.restart_timers: Dict[int, Any] = {}
         self.waiting: Deque[_Request] = collections.deque()
         self.pimp: Pimp = None  # type: ignore[assignment]
@@ -218,7 +218,8 @@ class WorkerManager:
                                 f"is not running; running: {self.running_workers()}")
         group.deleted = True
         self._cancel_restarts(group)
-        self._fail_waiting(group, f"worker {group.label} was deleted before it took this request")
+        self._fail_waiting(group, f"worker {group.label} was deleted before it took this request",
+                           WorkerStopped)
         for proc in group.procs:
             if proc is not None:
                 proc.stop(self.reactor.stop_grace, "deleted by delete_worker")
@@ -450,11 +451,12 @@ class WorkerManager:
         return error_reply(request.message, text, None, worker=request.message.get("worker"),
                            worker_key=request.message.get("worker_key"), exception=exc)
 
-    def _fail_waiting(self, group: _Group, text: str) -> None:
+    def _fail_waiting(self, group: _Group, text: str,
+                      error: type = WorkerCrashed) -> None:
         while group.waiting:
             request = group.waiting.popleft()
             self._pending.pop(request.rid, None)
-            self._answer(request, self._master_error(request, text, WorkerCrashed(text)))
+            self._answer(request, self._master_error(request, text, error(text)))
 
     # ------------------------------------------------- process lifecycle
     def _start_proc(self, group: _Group, index: int) -> None:
@@ -516,7 +518,8 @@ class WorkerManager:
         proc.per_conn.clear()
         for request in requests:
             self._pending.pop(request.rid, None)
-            crashed = WorkerCrashed(text, pid=proc.pid, exitcode=proc.exitcode, signal=proc.signal)
+            error = WorkerStopped if proc.stopping else WorkerCrashed
+            crashed = error(text, pid=proc.pid, exitcode=proc.exitcode, signal=proc.signal)
             self._answer(request, self._master_error(request, text, crashed))
         try:
             group.pimp.worker_exited(proc.pid, text)
@@ -542,16 +545,19 @@ class WorkerManager:
                 self._fail_waiting(group, f"{text}; not restarted (restart_workers=False)")
             return
         loop = gevent.get_hub().loop
-        if loop.now() - proc.started_at >= RESTART_RESET:
-            group.failures[proc.index] = 0
-        failures = group.failures[proc.index]
-        delay = (RESTART_FIRST_DELAY if failures == 0
-                 else min(RESTART_MAX_DELAY, RESTART_MIN_DELAY * 2 ** (failures - 1)))
-        group.failures[proc.index] = failures + 1
+        delay = self._backoff(group, proc.index).delay(loop.now() - proc.started_at)
         logger.error("%s%s; restarting in %.2f s", text, lost, delay)
         timer = loop.timer(delay)
         group.restart_timers[proc.index] = timer
         timer.start(self._restart, group, proc.index)
+
+    @staticmethod
+    def _backoff(group: _Group, index: int) -> Backoff:
+        backoff = group.backoffs.get(index)
+        if backoff is None:
+            backoff = group.backoffs[index] = Backoff(
+                RESTART_MIN_DELAY, RESTART_MAX_DELAY, RESTART_RESET, first=RESTART_FIRST_DELAY)
+        return backoff
 
     def _restart(self, group: _Group, index: int) -> None:  # in the hub (timer)
         timer = group.restart_timers.pop(index, None)
@@ -568,7 +574,7 @@ class WorkerManager:
             self._start_proc(group, index)
         except Exception as exc:
             logger.exception("restarting worker %s failed", group.label)
-            group.failures[index] += 1
+            self._backoff(group, index).failed()
             timer = gevent.get_hub().loop.timer(RESTART_MAX_DELAY)
             group.restart_timers[index] = timer
             timer.start(self._restart, group, index)
@@ -587,7 +593,8 @@ class WorkerManager:
         self._stopping = True
         for group in list(self._groups.values()):
             self._cancel_restarts(group)
-            self._fail_waiting(group, f"reactor stopped before worker {group.label} took this request")
+            self._fail_waiting(group, f"reactor stopped before worker {group.label} took this request",
+                               WorkerStopped)
         for proc in list(self._procs):
             if not proc.stopping:
                 proc.stop(max(timeout, 0.0), "stopped with the reactor")
@@ -599,7 +606,7 @@ class WorkerManager:
             self._pending.pop(request.rid, None)
             self._settle(request)
             text = "reactor stopped before the worker replied"
-            self._answer(request, self._master_error(request, text, WorkerCrashed(text)))
+            self._answer(request, self._master_error(request, text, WorkerStopped(text)))
         self._groups.clear()
 
 
@@ -615,70 +622,3 @@ def _unpicklable(worker_name: Any, cause: BaseException) -> SerializationError:
         f"ask_worker({worker_name!r}): the request cannot be pickled for the worker process: "
         f"{type(cause).__name__}: {cause}. Send plain data (str, numbers, lists, dicts, "
         f"instances of importable classes)")
-
-
-
-def _measure() -> None:  # pragma: no cover - run by hand to refresh the docstring numbers
-    """Print round trip, throughput and crash-handling times: python -m packet_gevent.workers."""
-    import os
-    import signal
-    import time
-
-    from . import manager as this  # not __main__: the module the reactor uses
-    from ..net.reactor import Reactor
-
-    this.RESTART_RESET = 0.0  # restart at once every time: measure the restart, not the backoff
-
-    class Doubler(Worker):
-        worker_name = "doubler"
-
-        def receive_data(self, request: Dict[str, Any]) -> None:
-            if request["data"] == "sleep":
-                gevent.sleep(30)
-            self.reply(request, request["data"])
-
-    reactor = Reactor().start()
-    reactor.start_worker(worker=Doubler)
-
-    def ask(data: Any) -> Dict[str, Any]:
-        result = gevent.event.AsyncResult()
-        reactor.ask_worker("doubler", data=data, callback=result.set)
-        return result.get(10)
-
-    for i in range(500):
-        ask(i)
-    samples = []
-    for i in range(5000):
-        t0 = time.perf_counter()
-        ask(i)
-        samples.append(time.perf_counter() - t0)
-    samples.sort()
-    print(f"round trip p50 {samples[2500] * 1e6:.0f} us, p99 {samples[4950] * 1e6:.0f} us")
-    count, done = [0], gevent.event.Event()
-
-    def counted(reply: Dict[str, Any]) -> None:
-        count[0] += 1
-        if count[0] == 20000:
-            done.set()
-    t0 = time.perf_counter()
-    for i in range(20000):
-        reactor.ask_worker("doubler", data=i, callback=counted)
-    done.wait(60)
-    print(f"20,000 in flight: {20000 / (time.perf_counter() - t0):,.0f} requests/s")
-    for _ in range(5):
-        pid = reactor.workers.pids("doubler")[0]
-        result = gevent.event.AsyncResult()
-        reactor.ask_worker("doubler", data="sleep", callback=result.set)
-        gevent.sleep(0.05)
-        t0 = time.perf_counter()
-        os.kill(pid, signal.SIGKILL)
-        result.get(5)
-        noticed = time.perf_counter() - t0
-        ask(1)
-        print(f"SIGKILL -> error reply {noticed * 1e3:.1f} ms, -> restarted worker's answer "
-              f"{(time.perf_counter() - t0) * 1e3:.1f} ms")
-    reactor.stop(5)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _measure()
