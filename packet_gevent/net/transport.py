@@ -91,9 +91,7 @@ class Transport:
         #: Handlers that promise never to block (``run_in_hub = True``) get no
         #: greenlet: their callbacks run straight in the hub.
         self.in_hub = bool(getattr(conn, "run_in_hub", False))
-        self.greenlet = None if self.in_hub else greenlet.greenlet(self._main, parent=self.hub)
-        self.idle = self.in_hub
-        self.mailbox: Deque[Item] = collections.deque()
+        self._init_actor()
         self.state = CONNECTING
         self.reason: Optional[BaseException] = None
         self.read_watcher = None
@@ -122,6 +120,12 @@ class Transport:
         #: True while send() may write straight to the socket (open, plain,
         #: no close pending): one flag test on the hot path.
         self.direct_send = False
+
+    def _init_actor(self) -> None:
+        """Give the connection what runs its callbacks (a subclass may share one)."""
+        self.greenlet = None if self.in_hub else greenlet.greenlet(self._main, parent=self.hub)
+        self.idle = self.in_hub
+        self.mailbox: Deque[Item] = collections.deque()
 
     # ------------------------------------------------------------------ start
     def start(self, first: Callable[[], Any], may_block: bool = False) -> None:
@@ -206,6 +210,10 @@ class Transport:
                                         "period ended; the connection was closed under it"))
                 self._run_unbind()
 
+    def pending(self) -> bool:
+        """True while a callback runs or blocks, calls wait for one, or output is queued."""
+        return not self.idle or bool(self.outbuf) or bool(self.mailbox)
+
     def _invoke(self, item: Item) -> None:
         fn, args = item
         try:
@@ -226,7 +234,8 @@ class Transport:
 
     def _run_unbind(self) -> None:
         self.unbind_done = True
-        self.mailbox.clear()
+        if self.mailbox:
+            self.mailbox.clear()
         # Taken before unbind: an unbind that reconnects gives the handler a new
         # signature, which must stay registered.
         signature = self.conn.signature
@@ -518,6 +527,10 @@ class Transport:
                     _os_close(fd)
                 except OSError:
                     pass
+        self._arrange_unbind()
+
+    def _arrange_unbind(self) -> None:
+        """After _close: drop what is queued and have ``unbind`` run once, in order."""
         never_started = not self.in_hub and not self.greenlet and not self.greenlet.dead
         if never_started and self.mailbox:
             # start() has queued the first item and scheduled the first switch:
