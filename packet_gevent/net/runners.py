@@ -32,6 +32,7 @@ import threading
 from typing import Any, Callable, Deque, Optional, Tuple
 
 import greenlet
+from gevent.monkey import get_original
 
 from .transport import CALLBACK_ERRORS, CLOSED, OPEN, READ_SIZE, Transport, _WOULD_BLOCK
 
@@ -39,6 +40,7 @@ __all__ = ["Dispatcher", "SharedTransport", "dispatcher_for"]
 
 logger = logging.getLogger("packet_gevent.net.connection")
 
+_read = get_original("os", "read")
 _raw_switch = greenlet.greenlet.switch
 _getcurrent = greenlet.getcurrent
 
@@ -172,7 +174,9 @@ class Dispatcher:
                         transport._readable_while_slow()
                         continue
                     try:
-                        data = transport.sock.recv(READ_SIZE)
+                        # os.read, not sock.recv: the same read(2) on a stream
+                        # socket, without recv's tuple-parsing of its arguments.
+                        data = _read(transport.fd, READ_SIZE)
                     except _WOULD_BLOCK:
                         continue
                     except OSError as exc:
