@@ -32,15 +32,13 @@ import threading
 from typing import Any, Callable, Deque, Optional, Tuple
 
 import greenlet
-from gevent.monkey import get_original
 
-from .transport import CALLBACK_ERRORS, CLOSED, OPEN, READ_SIZE, Transport, _WOULD_BLOCK
+from .transport import CALLBACK_ERRORS, CLOSED, OPEN, READ_SIZE, Transport, _WOULD_BLOCK, _os_read
 
 __all__ = ["Dispatcher", "SharedTransport", "dispatcher_for"]
 
 logger = logging.getLogger("packet_gevent.net.connection")
 
-_read = get_original("os", "read")
 _raw_switch = greenlet.greenlet.switch
 _getcurrent = greenlet.getcurrent
 
@@ -174,9 +172,7 @@ class Dispatcher:
                         transport._readable_while_slow()
                         continue
                     try:
-                        # os.read, not sock.recv: the same read(2) on a stream
-                        # socket, without recv's tuple-parsing of its arguments.
-                        data = _read(transport.fd, READ_SIZE)
+                        data = _os_read(transport.fd, READ_SIZE)  # see transport.py
                     except _WOULD_BLOCK:
                         continue
                     except OSError as exc:

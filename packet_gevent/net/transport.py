@@ -40,6 +40,12 @@ logger = logging.getLogger("packet_gevent.net.connection")
 # The real os.close: gevent >= 25.8 patches os.close to defer closing to the
 # next loop pass (fork-under-gevent.md, trap 2).  We close right away.
 _os_close = get_original("os", "close")
+# The hot path reads and writes plain stream sockets with os.read/os.write:
+# the same read(2)/write(2) as recv/send without flags, minus the socket
+# methods' tuple-parsing of their arguments (~500 instructions per call pair,
+# a tenth of an echo round trip; benchmarks/echo_instructions.py).
+_os_read = get_original("os", "read")
+_os_write = get_original("os", "write")
 
 #: Bytes asked for per recv.  64 KiB matches the socket buffer sizes Linux
 #: hands out by default on loopback; bigger reads did not help the echo bench.
@@ -277,7 +283,7 @@ class Transport:
     def _on_readable(self) -> None:  # in the hub
         if self.idle:
             try:
-                data = self.sock.recv(READ_SIZE)
+                data = _os_read(self.fd, READ_SIZE)
             except _WOULD_BLOCK:
                 return
             except OSError as exc:
@@ -299,7 +305,7 @@ class Transport:
     # hottest path (~0.1 us of the 6-8 us per echo round trip).
     def _on_readable_in_hub(self) -> None:  # in the hub, for run_in_hub handlers
         try:
-            data = self.sock.recv(READ_SIZE)
+            data = _os_read(self.fd, READ_SIZE)
         except _WOULD_BLOCK:
             return
         except OSError as exc:
@@ -377,7 +383,7 @@ class Transport:
             self._send_slow(data)
             return
         try:
-            sent = self.sock.send(data)
+            sent = _os_write(self.fd, data)
         except _WOULD_BLOCK:
             sent = 0
         except OSError as exc:
