@@ -61,6 +61,8 @@ SERVERS: Dict[str, ServerSpec] = {
     spec.name: spec
     for spec in (
         ServerSpec("ours", ("-m", "demos.echo_server"), "packet_gevent reactor (demos/echo_server.py)"),
+        ServerSpec("ours-glet", ("-m", "demos.echo_server", "--greenlet-per-connection"),
+                   "packet_gevent, handler declared greenlet_per_connection"),
         ServerSpec("ours-hub", ("-m", "demos.echo_server", "--run-in-hub"),
                    "packet_gevent, handler declared run_in_hub (callbacks in the hub)"),
         ServerSpec("gevent", ("-m", "benchmarks._servers.gevent_echo"), "bare gevent StreamServer, recv/sendall"),
@@ -85,7 +87,7 @@ def available_servers() -> Dict[str, str]:
     """Map each server name to why it cannot run, or to "" when it can."""
     reasons = {name: "" for name in SERVERS}
     if not os.path.exists(os.path.join(ROOT, "demos", "echo_server.py")):
-        reasons["ours"] = reasons["ours-hub"] = "demos/echo_server.py does not exist yet"
+        reasons["ours"] = reasons["ours-glet"] = reasons["ours-hub"] = "demos/echo_server.py does not exist yet"
     if importlib.util.find_spec("uvloop") is None:
         reasons["uvloop"] = "uvloop is not installed (pip install uvloop)"
     return reasons
@@ -258,6 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     summary = summarize(result["runs"])
     ratio_table = ratios(summary, [("ours", BASELINE), ("ours", "asyncio"), ("ours", "uvloop"),
+                                 ("ours-glet", "uvloop"),
                                  ("ours-hub", BASELINE), ("ours-hub", "asyncio"), ("ours-hub", "uvloop")])
     print(format_table(summary, ratio_table, repeat))
     print(f"\nserver exit status after SIGTERM: {result['exit_status']}")

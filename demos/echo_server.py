@@ -13,10 +13,16 @@ from ._cli import parser, setup_logging
 
 
 class EchoServer(Connection):
-    """Each connection's callbacks run in its own greenlet (they may block)."""
+    """Callbacks run in the reactor's shared runner greenlets (they may block)."""
 
     def receive_data(self, data: bytes) -> None:
         self.send_data(data)
+
+
+class GreenletEchoServer(EchoServer):
+    """The same, with a greenlet of its own per connection."""
+
+    greenlet_per_connection = True
 
 
 class HubEchoServer(EchoServer):
@@ -29,8 +35,11 @@ def main(argv=None) -> int:
     p = parser("Packet's echo server on packet_gevent.", 11006)
     p.add_argument("--run-in-hub", action="store_true",
                    help="declare the handler non-blocking: run callbacks in the hub (fastest)")
+    p.add_argument("--greenlet-per-connection", action="store_true",
+                   help="give each connection a greenlet of its own")
     args = p.parse_args(argv)
-    handler = HubEchoServer if args.run_in_hub else EchoServer
+    handler = (HubEchoServer if args.run_in_hub else
+               GreenletEchoServer if args.greenlet_per_connection else EchoServer)
     setup_logging(args.log_level)
 
     def setup(reactor: Reactor) -> None:

@@ -24,6 +24,7 @@ from ..codec import ObjectDecoder, encode_object, get_codec
 from ..errors import FrameError, CodecError
 from ..framing import DEFAULT_MAX_FRAME_SIZE
 from ..timers import Timer, TimerMethods
+from .runners import SharedTransport
 from .transport import OPEN, Transport
 
 __all__ = ["Connection", "as_connection_class"]
@@ -48,6 +49,12 @@ class Connection(TimerMethods):
     #: ~uvloop speed).  A blocking call inside one raises gevent's
     #: BlockingSwitchOutError, which is logged and closes the connection.
     run_in_hub: bool = False
+    #: Set True to give each connection a greenlet of its own, in which all its
+    #: callbacks run (``gevent.getcurrent()`` and ``gevent.local`` then are per
+    #: connection).  By default callbacks run in a few shared runner greenlets
+    #: (net/runners.py): they may still block, an idle connection costs no
+    #: greenlet, and a message costs no greenlet switch of its own.
+    greenlet_per_connection: bool = False
     #: Close the connection (``unbind(OutboundOverflow)``) when more than this
     #: many bytes are queued for a peer that does not read.  None: no limit
     #: (producers should follow pause_writing/resume_writing instead).
@@ -87,7 +94,10 @@ class Connection(TimerMethods):
     def _pg_setup(self, reactor: Any, on_instance: Optional[Callable[[Any], Any]] = None,
                   *, idle_timeout: Optional[float] = None,
                   high_water: Optional[int] = None, low_water: Optional[int] = None) -> Transport:
-        transport = Transport(self, reactor)
+        if self.run_in_hub or self.greenlet_per_connection:
+            transport = Transport(self, reactor)
+        else:
+            transport = SharedTransport(self, reactor)
         self._transport = transport
         self._reactor = reactor
         self._on_instance = on_instance

@@ -466,7 +466,7 @@ class Reactor(TimerMethods):
         def busy() -> bool:
             for conn in self.connections.values():
                 transport = conn._transport
-                if transport.state is OPEN and (not transport.idle or transport.outbuf or transport.mailbox):
+                if transport.state is OPEN and transport.pending():
                     return True
             return any(service.pending() for service in self._services)
         while busy() and self.hub.loop.now() < deadline:

@@ -43,6 +43,12 @@ logger = logging.getLogger("packet_gevent.net.connection")
 # The real os.close: gevent >= 25.8 patches os.close to defer closing to the
 # next loop pass; a socket a child releases must be closed at once.  We close right away.
 _os_close = get_original("os", "close")
+# The hot path reads and writes plain stream sockets with os.read/os.write:
+# the same read(2)/write(2) as recv/send without flags, minus the socket
+# methods' tuple-parsing of their arguments (~500 instructions per call pair,
+# a tenth of an echo round trip; benchmarks/echo_instructions.py).
+_os_read = get_original("os", "read")
+_os_write = get_original("os", "write")
 
 #: Bytes asked for per recv.  64 KiB matches the socket buffer sizes Linux
 #: hands out by default on loopback; bigger reads did not help the echo bench.
@@ -94,9 +100,7 @@ class Transport:
         #: Handlers that promise never to block (``run_in_hub = True``) get no
         #: greenlet: their callbacks run straight in the hub.
         self.in_hub = bool(getattr(conn, "run_in_hub", False))
-        self.greenlet = None if self.in_hub else greenlet.greenlet(self._main, parent=self.hub)
-        self.idle = self.in_hub
-        self.mailbox: Deque[Item] = collections.deque()
+        self._init_actor()
         self.state = CONNECTING
         self.reason: Optional[BaseException] = None
         self.read_watcher = None
@@ -125,6 +129,12 @@ class Transport:
         #: True while send() may write straight to the socket (open, plain,
         #: no close pending): one flag test on the hot path.
         self.direct_send = False
+
+    def _init_actor(self) -> None:
+        """Give the connection what runs its callbacks (a subclass may share one)."""
+        self.greenlet = None if self.in_hub else greenlet.greenlet(self._main, parent=self.hub)
+        self.idle = self.in_hub
+        self.mailbox: Deque[Item] = collections.deque()
 
     # ------------------------------------------------------------------ start
     def start(self, first: Callable[[], Any], may_block: bool = False) -> None:
@@ -209,6 +219,10 @@ class Transport:
                                         "period ended; the connection was closed under it"))
                 self._run_unbind()
 
+    def pending(self) -> bool:
+        """True while a callback runs or blocks, calls wait for one, or output is queued."""
+        return not self.idle or bool(self.outbuf) or bool(self.mailbox)
+
     def _invoke(self, item: Item) -> None:
         fn, args = item
         try:
@@ -229,7 +243,8 @@ class Transport:
 
     def _run_unbind(self) -> None:
         self.unbind_done = True
-        self.mailbox.clear()
+        if self.mailbox:
+            self.mailbox.clear()
         # Taken before unbind: an unbind that reconnects gives the handler a new
         # signature, which must stay registered.
         signature = self.conn.signature
@@ -271,7 +286,7 @@ class Transport:
     def _on_readable(self) -> None:  # in the hub
         if self.idle:
             try:
-                data = self.sock.recv(READ_SIZE)
+                data = _os_read(self.fd, READ_SIZE)
             except _WOULD_BLOCK:
                 return
             except OSError as exc:
@@ -293,7 +308,7 @@ class Transport:
     # hottest path (~0.1 us of the 6-8 us per echo round trip).
     def _on_readable_in_hub(self) -> None:  # in the hub, for run_in_hub handlers
         try:
-            data = self.sock.recv(READ_SIZE)
+            data = _os_read(self.fd, READ_SIZE)
         except _WOULD_BLOCK:
             return
         except OSError as exc:
@@ -371,7 +386,7 @@ class Transport:
             self._send_slow(data)
             return
         try:
-            sent = self.sock.send(data)
+            sent = _os_write(self.fd, data)
         except _WOULD_BLOCK:
             sent = 0
         except OSError as exc:
@@ -521,6 +536,10 @@ class Transport:
                     _os_close(fd)
                 except OSError:
                     pass
+        self._arrange_unbind()
+
+    def _arrange_unbind(self) -> None:
+        """After _close: drop what is queued and have ``unbind`` run once, in order."""
         never_started = not self.in_hub and not self.greenlet and not self.greenlet.dead
         if never_started and self.mailbox:
             # start() has queued the first item and scheduled the first switch:
