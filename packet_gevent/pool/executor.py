@@ -72,25 +72,19 @@ runs over the caller's futures), sequential round trip p50 ~50-70 us.
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures
-import functools
-import itertools
 import logging
 import os
 import threading
-import time
 from concurrent.futures._base import PENDING
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import gevent
-import gevent.queue
 
 from . import process as pool_process
 from ..errors import PoolClosed
-from .futures import Future, TaskResult
-from .scheduler import MAX_INFLIGHT, PoolScheduler, _TaskFuture
-from .tasks import call_chunk, describe_callable
+from .api import PoolAPI
+from .futures import Future
+from .scheduler import PoolScheduler, _TaskFuture
 
 __all__ = ["ForkPool", "SUBMIT_BURST", "EXIT_GRACE"]
 
@@ -108,7 +102,7 @@ SUBMIT_BURST = 256
 EXIT_GRACE = 2.0
 
 
-class ForkPool(PoolScheduler, concurrent.futures.Executor):
+class ForkPool(PoolScheduler, PoolAPI):
     """A pool of ``size`` forked processes running calls; waiting blocks only greenlets.
 
     ``initializer(*initargs)`` runs once in each new process.
@@ -183,46 +177,6 @@ class ForkPool(PoolScheduler, concurrent.futures.Executor):
         return self._submit(fn, tuple(args), kwargs or None,
                             self._task_timeout if timeout is None else timeout)
 
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: Optional[float] = None,
-            chunksize: int = 1) -> Iterator[Any]:
-        """Results of ``fn`` over the iterables, in order (an iterator).
-
-        All tasks are submitted now; ``timeout`` bounds the whole iteration
-        (TimeoutError).  ``chunksize`` > 1 sends that many calls per task
-        (rarely needed: tasks are batched on the wire anyway).
-        """
-        if chunksize < 1:
-            raise ValueError(f"chunksize must be >= 1, got {chunksize!r}")
-        end = None if timeout is None else time.monotonic() + timeout
-        if chunksize == 1:
-            futures = [self.submit(fn, *args) for args in zip(*iterables)]
-        else:
-            it = zip(*iterables)
-            futures = []
-            while True:
-                chunk = list(itertools.islice(it, chunksize))
-                if not chunk:
-                    break
-                futures.append(self.submit(call_chunk, fn, chunk))
-        return self._results_in_order(futures, end, chunksize > 1)
-
-    @staticmethod
-    def _results_in_order(futures: List[Future], end: Optional[float], chunked: bool) -> Iterator[Any]:
-        futures.reverse()
-        try:
-            while futures:
-                left = None if end is None else end - time.monotonic()
-                result = futures[-1].result(left)
-                futures.pop()
-                if chunked:
-                    yield from result
-                else:
-                    yield result
-        finally:
-            for future in futures:
-                if future._state == PENDING:
-                    future.cancel()
-
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
                  timeout: Optional[float] = None) -> None:
         """Take no more tasks; processes exit once the remaining tasks are done.
@@ -262,73 +216,9 @@ class ForkPool(PoolScheduler, concurrent.futures.Executor):
                 proc.child.wait()
 
     # -- gevent.threadpool.ThreadPool API -------------------------------------------------------
-    def spawn(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> TaskResult:
-        """Run ``fn(*args, **kwargs)`` in a pool process; return an AsyncResult-like TaskResult."""
-        return TaskResult(self._submit(fn, args, kwargs or None, self._task_timeout))
-
-    def apply(self, fn: Callable[..., Any], args: Optional[Iterable[Any]] = None,
-              kwds: Optional[Dict[str, Any]] = None, *, timeout: Optional[float] = None) -> Any:
-        """Run ``fn(*args, **kwds)`` in a pool process and return its result.
-
-        Blocks only the calling greenlet.  Called inside a pool process (a
-        task using the pool it came from), it runs the call right there, as
-        gevent's ThreadPool does in its own threads.
-        """
-        args = () if args is None else tuple(args)
-        if pool_process.in_pool_process:
-            return fn(*args, **(kwds or {}))
-        return self.schedule(fn, args, kwds, timeout=timeout).result()
-
-    def apply_async(self, fn: Callable[..., Any], args: Optional[Iterable[Any]] = None,
-                    kwds: Optional[Dict[str, Any]] = None,
-                    callback: Optional[Callable[[Any], Any]] = None, *,
-                    timeout: Optional[float] = None) -> TaskResult:
-        """Like ``apply`` but returns a TaskResult at once; ``callback(result)``
-        runs in a new greenlet if the call succeeds."""
-        result = TaskResult(self.schedule(fn, () if args is None else args, kwds, timeout=timeout))
-        if callback is not None:
-            result.rawlink(lambda r: r.successful() and gevent.spawn(callback, r.value))
-        return result
-
-    def imap(self, fn: Callable[..., Any], *iterables: Iterable[Any],
-             maxsize: Optional[int] = None) -> Iterator[Any]:
-        """Results in order; the iterables are consumed as results are taken.
-
-        At most ``maxsize`` (default :data:`MAX_INFLIGHT`) tasks run or wait
-        ahead of the reader.
-        """
-        return self._imap(fn, zip(*iterables), maxsize or MAX_INFLIGHT, ordered=True)
-
-    def imap_unordered(self, fn: Callable[..., Any], *iterables: Iterable[Any],
-                       maxsize: Optional[int] = None) -> Iterator[Any]:
-        """Results in completion order; otherwise like :meth:`imap`."""
-        return self._imap(fn, zip(*iterables), maxsize or MAX_INFLIGHT, ordered=False)
-
-    def _imap(self, fn: Callable[..., Any], calls: Iterator[tuple], window: int,
-              ordered: bool) -> Iterator[Any]:
-        ahead: Deque[Future] = collections.deque()
-        done: gevent.queue.SimpleQueue = gevent.queue.SimpleQueue()
-        try:
-            for args in itertools.islice(calls, window):
-                ahead.append(self._submit(fn, args, None, self._task_timeout))
-                if not ordered:
-                    ahead[-1].rawlink(done.put)
-            while ahead:
-                if ordered:
-                    future = ahead.popleft()
-                else:
-                    future = done.get()
-                    ahead.remove(future)
-                result = future.result()
-                for args in itertools.islice(calls, 1):
-                    ahead.append(self._submit(fn, args, None, self._task_timeout))
-                    if not ordered:
-                        ahead[-1].rawlink(done.put)
-                yield result
-        finally:
-            for future in ahead:
-                if future._state == PENDING:
-                    future.cancel()
+    def _apply_immediately(self) -> bool:
+        """In a pool process ``apply`` runs the call inline (a task using the pool it came from)."""
+        return pool_process.in_pool_process
 
     def join(self, timeout: Optional[float] = None) -> bool:
         """Wait until no task is unfinished; True if so (False after ``timeout``)."""
@@ -386,4 +276,3 @@ class ForkPool(PoolScheduler, concurrent.futures.Executor):
         finally:
             timer.close()
 
-# -- Connection.defer ---------------------------------------------------------------------------------

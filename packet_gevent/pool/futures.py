@@ -77,7 +77,7 @@ class Future(concurrent.futures.Future):
     _callbacks: Optional[List[Callable[[Any], Any]]] = None
 
     def __init__(self, owner: Any = None) -> None:  # no super().__init__(): lazy
-        self._owner = owner          # the pool: told about cancel()
+        self._owner = owner          # told of cancel(): owner.task_cancelled(self, was_running)
         self._state = PENDING
         self._result = None
         self._exception: Optional[BaseException] = None
@@ -316,7 +316,7 @@ class Future(concurrent.futures.Future):
                 cond.release()
         owner = self._owner
         if owner is not None:
-            owner._future_cancelled(self, was_running)
+            owner.task_cancelled(self, was_running)
         self._wake()
         self._invoke_callbacks()
         return True

@@ -278,9 +278,9 @@ class PoolScheduler:
             pass
         self._stats["failed"] += 1
 
-    def _future_cancelled(self, future: Future, was_running: bool) -> None:
+    def task_cancelled(self, future: Future, was_running: bool) -> None:
         if not self._in_pool_thread():
-            self._loop.run_callback_threadsafe(self._future_cancelled, future, was_running)
+            self._loop.run_callback_threadsafe(self.task_cancelled, future, was_running)
             return
         task = future
         proc = task.where
