@@ -383,7 +383,6 @@ class Scheduler:
         timeout = None
         for group, _ in groups:
             for task in group:
-                task.where = rec
                 inflight[task.id] = task
                 if task.timeout is not None and (timeout is None or task.timeout < timeout):
                     timeout = task.timeout
@@ -405,6 +404,13 @@ class Scheduler:
             self._fail(tasks[0], exc)
             self._settled(1, tasks)
             return []
+
+    def _holder(self, task: _TaskFuture) -> Optional[_Started]:
+        """The record of the process the task was sent to (None: not in flight)."""
+        for rec in self._procs:
+            if rec is not None and task.id in rec.inflight:
+                return rec
+        return None
 
     def _record(self, proc: BackendProcess) -> Optional[_Started]:
         rec = self._procs[proc.slot]
@@ -428,6 +434,7 @@ class Scheduler:
             task = inflight.pop(tid, None)
             if task is None or task._state != RUNNING:
                 continue  # cancelled or timed out meanwhile: already settled
+            task.fn = task.args = task.kwargs = None  # a finished future keeps its result only
             try:
                 if status == OK:
                     task.set_result(value)
@@ -520,6 +527,7 @@ class Scheduler:
 
     # -- faults (in the hub) ------------------------------------------------------------------------
     def _fail(self, task: _TaskFuture, exc: BaseException) -> None:
+        task.fn = task.args = task.kwargs = None
         try:
             task.set_exception(exc)
         except InvalidStateError:
@@ -532,8 +540,9 @@ class Scheduler:
             self._loop.run_callback_threadsafe(self.task_cancelled, future, was_running)
             return
         task = future
-        rec = task.where
-        if was_running and rec is not None and task.id in rec.inflight:
+        task.fn = task.args = task.kwargs = None
+        rec = self._holder(task) if was_running else None
+        if rec is not None:
             running, _ = rec.running()
             del rec.inflight[task.id]
             if running is task:
