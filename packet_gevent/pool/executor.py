@@ -322,14 +322,13 @@ class ForkPool(PoolAPI):
     def _not_the_hubs_threadpool(self) -> None:
         """gevent runs its own blocking calls in ``hub.threadpool`` with objects (open
         files, locks) that cannot travel to another process: refuse to be that pool."""
-        hub = gevent.get_hub()
-        if getattr(hub, "_threadpool", None) is self:
-            del hub.threadpool  # gevent makes its own ThreadPool again on next use
+        if getattr(gevent.get_hub(), "_threadpool", None) is self:
             raise TypeError(
                 "a ForkPool cannot be gevent's hub.threadpool: gevent runs its own blocking "
                 "calls there (FileObjectThread, the thread resolver, gevent.os) with objects "
                 "that cannot go to another process. Keep gevent's ThreadPool as the hub's and "
-                "use a separate ForkPool for your CPU-bound calls")
+                "use a separate ForkPool for your CPU-bound calls (del hub.threadpool puts "
+                "gevent's back)")
 
     def join(self, timeout: Optional[float] = None) -> bool:
         """Wait until no task is unfinished; True if so (False after ``timeout``)."""

@@ -512,6 +512,7 @@ def as_completed(fs: Iterable[Future], timeout: Optional[float] = None) -> Itera
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     pending = set(fs)
+    del fs  # the caller's collection: holding it would hold every yielded future
     total = len(pending)
     finished = [f for f in pending if f._state in _NOTIFIED_STATES]
     pending.difference_update(finished)
