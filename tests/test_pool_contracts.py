@@ -11,7 +11,7 @@ import threading
 import time
 import warnings
 import weakref
-from concurrent.futures._base import CANCELLED, FINISHED
+from concurrent.futures._base import CANCELLED
 
 import gevent
 import gevent.fileobject

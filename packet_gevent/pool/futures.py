@@ -244,7 +244,8 @@ class Future(concurrent.futures.Future):
             return False
         raise RuntimeError(f"Future in unexpected state: {self!r}")
 
-    def _wake(self) -> None:
+    def _wake(self, links: bool = True) -> None:
+        """Resume the greenlets waiting in result() and (``links``) run the rawlinks."""
         with _lazy_lock:
             waiters, self._greenlet_waiters = self._greenlet_waiters, None
         if waiters:
@@ -256,10 +257,10 @@ class Future(concurrent.futures.Future):
                     hub.loop.run_callback(waiter.switch, None)
                 else:
                     hub.loop.run_callback_threadsafe(waiter.switch, None)
-        links = self._links
-        if links:  # like gevent's own objects: from a callback in the hub that linked
+        pending = self._links if links else None
+        if pending:  # like gevent's own objects: from a callback in the hub that linked
             self._links = None
-            for hub, link in links:
+            for hub, link in pending:
                 if hub.thread_ident == _get_ident():
                     hub.loop.run_callback(self._run_link, link)
                 else:
@@ -300,8 +301,13 @@ class Future(concurrent.futures.Future):
     def cancel(self) -> bool:
         """Cancel the task: queued, sent to a process, or running (its process is killed).
 
-        Returns False only when the task has already finished.
+        Returns False only when the task has already finished.  A future with
+        no owner (made by hand, for another executor) follows the stdlib: a
+        running one cannot be cancelled, and a cancelled one is done for
+        ``wait`` / ``as_completed`` / rawlinks once its executor called
+        ``set_running_or_notify_cancel()``.
         """
+        owner = self._owner
         cond = self._cond
         if cond is not None:
             cond.acquire()
@@ -312,10 +318,16 @@ class Future(concurrent.futures.Future):
                 if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                     return True
                 was_running = self._state == RUNNING
-                # Straight to "notified": no executor will pick this future up
-                # again to call set_running_or_notify_cancel.
-                self._state = CANCELLED_AND_NOTIFIED
-                waiters = list(self._waiter_list or ())
+                if owner is None:
+                    if was_running:
+                        return False
+                    self._state = CANCELLED
+                    waiters = []
+                else:
+                    # Straight to "notified": no executor will pick this future
+                    # up again to call set_running_or_notify_cancel.
+                    self._state = CANCELLED_AND_NOTIFIED
+                    waiters = list(self._waiter_list or ())
             for waiter in waiters:
                 waiter.add_cancelled(self)
             if cond is not None:
@@ -323,10 +335,9 @@ class Future(concurrent.futures.Future):
         finally:
             if cond is not None:
                 cond.release()
-        owner = self._owner
         if owner is not None:
             owner.task_cancelled(self, was_running)
-        self._wake()
+        self._wake(links=owner is not None)
         self._invoke_callbacks()
         return True
 
@@ -527,8 +538,7 @@ def as_completed(fs: Iterable[Future], timeout: Optional[float] = None) -> Itera
             try:
                 future = queue.get(timeout=left)
             except gevent.queue.Empty:
-                raise TimeoutError(f"{len(pending)} (of {total}) futures unfinished after "
-                                   f"{timeout} s") from None
+                raise TimeoutError(f"{len(pending)} (of {total}) futures unfinished") from None
             if future in pending:
                 pending.discard(future)
                 finished.append(future)

@@ -220,7 +220,7 @@ class Scheduler:
         self._seconds_per_task: Optional[float] = None
         self.closed = False
         self.broken: Optional[PoolBroken] = None
-        self._refusal = "the pool was shut down; create a new pool"
+        self._refusal = "cannot submit: the pool was shut down; create a new pool"
         self._stats: collections.Counter = collections.Counter()
 
     # -- what the pool reads ------------------------------------------------------------------
@@ -261,7 +261,7 @@ class Scheduler:
                timeout: Optional[float]) -> _TaskFuture:
         """Queue ``fn(*args, **kwargs)``; its future.  From any thread."""
         if self.closed:
-            raise self.broken or PoolClosed(f"cannot submit: {self._refusal}")
+            raise self.broken or PoolClosed(self._refusal)
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         future = _TaskFuture(self, next(self._ids), fn, args, kwargs, timeout)
