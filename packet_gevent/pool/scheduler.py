@@ -629,6 +629,7 @@ class Scheduler:
         """Take no more tasks; processes close once the unfinished ones are done."""
         self.closed = True
         if cancel_queued:
+            self._dispatch()  # what the processes have room for now runs, as if the hub had
             self.cancel_queued()
         if self._unfinished == 0:
             self.close_processes()
