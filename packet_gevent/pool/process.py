@@ -4,9 +4,10 @@ Started with :func:`~packet_gevent.ipc.process.spawn_child` and spoken to over a
 :class:`~packet_gevent.ipc.channel.Channel` (master, in the hub) /
 :class:`~packet_gevent.ipc.blocking.BlockingChannel` (child, no hub): one
 mechanism for workers and pool alike.  What the scheduler decides (which
-task goes where, what a death means for each task) lives in :mod:`.pool`;
-this module only moves task groups and outcomes and tells the pool what
-happened.
+task goes where, what a death means for each task) lives in :mod:`.scheduler`;
+this module only moves task groups and outcomes and tells the scheduler what
+happened: :class:`PoolProcess` is the fork implementation of the scheduler's
+:class:`~packet_gevent.pool.scheduler.BackendProcess`.
 
 Messages (tuples; the payloads are :class:`~packet_gevent.pool.tasks.TaskCodec`
 encodings, decoded by the receiver itself so a bad object fails one task,
@@ -41,14 +42,14 @@ import pickle
 import select
 import struct
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, List, Optional, Set, Tuple
 
 from ..ipc.blocking import BlockingChannel
 from ..ipc.channel import Channel
 from ..ipc.pickling import OOB_THRESHOLD
 from ..ipc.process import ChildProcess, spawn_child
 from ..ipc.supervision import EXIT_INIT_FAILED, INIT_FAILED, ChildLink, init_failed_message
-from .tasks import ERR, Encoded, GroupDecodeError, Task, TaskCodec, run_call
+from .tasks import ERR, Encoded, GroupDecodeError, TaskCodec, run_call
 
 __all__ = ["PoolProcess", "Markers", "RUN", "SKIP", "DONE", "BAD_GROUP", "INIT_FAILED",
            "EXIT_INIT_FAILED", "FLUSH_INTERVAL"]  # INIT_FAILED, EXIT_INIT_FAILED: ipc.supervision
@@ -115,12 +116,11 @@ class Markers:
 
 
 class PoolProcess:
-    """The master's view of one pool process: channel, tasks in flight, how it ended.
+    """The master's view of one pool process: its channel and how it ended.
 
-    ``inflight`` maps task id -> Task in the order the tasks were sent, which
-    is the order the child runs them.  The pool is called back, in the hub,
-    with ``_on_outcomes(proc, outcomes, busy)``, ``_on_bad_group(proc, ids)``,
-    ``_on_init_failed(proc, text)`` and ``_on_gone(proc)`` (once, when the
+    ``pool`` (the scheduler's BackendEvents) is called back, in the hub, with
+    ``on_outcomes(proc, outcomes, busy)``, ``on_bad_group(proc, ids, why)``,
+    ``on_init_failed(proc, text)`` and ``on_gone(proc)`` (once, when the
     process has exited and its channel is drained: the process layer's
     :class:`~packet_gevent.ipc.supervision.ChildLink`, shared with workers).
     """
@@ -133,12 +133,8 @@ class PoolProcess:
         self.markers = markers
         self.codec = codec
         self.max_tasks = max_tasks
-        self.inflight: Dict[int, Task] = {}
-        self.sent = 0             # tasks ever sent (max_tasks_per_child)
         self._accepting = True    # False once retiring, killed or closed
         self.killed_for: Optional[str] = None   # why the scheduler killed it, if it did
-        self.timeout_timer: Any = None
-        self.timeout_due = 0.0
         markers.clear(slot)
         self.child: ChildProcess = spawn_child(
             _child_main, name=f"pool-{slot}",
@@ -150,14 +146,13 @@ class PoolProcess:
                               on_message=self._on_message, on_gone=self._on_gone)
 
     def __repr__(self) -> str:
-        return (f"<PoolProcess slot={self.slot} pid={self.pid} inflight={len(self.inflight)} "
+        return (f"<PoolProcess slot={self.slot} pid={self.pid} "
                 f"{'accepting' if self.accepting else 'closing'}>")
 
     @property
     def accepting(self) -> bool:
         """Takes new tasks: not retiring, killed, closed or gone."""
-        link = self.link
-        return self._accepting and not (link.eof or link.exited)
+        return self._accepting and not self.link.over
 
     @accepting.setter
     def accepting(self, value: bool) -> None:
@@ -178,14 +173,31 @@ class PoolProcess:
             except Exception:  # closed under us: its death settles everything
                 logger.debug("pool process %d: cannot send skip", self.pid, exc_info=True)
 
-    def running(self) -> Tuple[Optional[Task], float]:
-        """(the task this process runs now or None, when it started: time.monotonic)."""
-        tid, started = self.markers.read(self.slot)
-        return self.inflight.get(tid), started
+    def running(self) -> Tuple[int, float]:
+        """(id of the task this process runs now, 0 if none; its start: time.monotonic)."""
+        return self.markers.read(self.slot)
+
+    # -- how it ended (ChildProcess's facts) -----------------------------------------------
+    @property
+    def alive(self) -> bool:
+        return not self.gone and self.child.alive
+
+    @property
+    def exitcode(self) -> Optional[int]:
+        return self.child.exitcode
+
+    def describe_exit(self) -> str:
+        return self.child.describe_exit()
+
+    def crash_error(self, what: str) -> BaseException:
+        return self.child.crash_error(what)
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        return self.child.wait(timeout)
 
     # -- ending ---------------------------------------------------------------------------
     def kill(self, reason: str) -> None:
-        """SIGKILL the process; it takes no more tasks.  ``_on_gone`` follows."""
+        """SIGKILL the process; it takes no more tasks.  ``on_gone`` follows."""
         self._accepting = False
         if self.killed_for is None:
             self.killed_for = reason
@@ -195,11 +207,6 @@ class PoolProcess:
         """Ask the process to exit once its queue is done (EOF on its channel)."""
         self._accepting = False
         self.channel.close()
-
-    def cancel_timers(self) -> None:
-        if self.timeout_timer is not None:
-            self.timeout_timer.close()
-            self.timeout_timer = None
 
     # -- events (in the hub) -------------------------------------------------------------
     def _on_message(self, msg: Tuple[Any, ...]) -> None:
@@ -212,19 +219,18 @@ class PoolProcess:
                                  "killing it", self.pid)
                 self.kill("sent an unreadable reply")
                 return
-            self.pool._on_outcomes(self, outcomes, msg[2])
+            self.pool.on_outcomes(self, outcomes, msg[2])
         elif kind == BAD_GROUP:
-            self.pool._on_bad_group(self, msg[1], msg[2])
+            self.pool.on_bad_group(self, msg[1], msg[2])
         elif kind == INIT_FAILED:
             self._accepting = False
-            self.pool._on_init_failed(self, msg[1])
+            self.pool.on_init_failed(self, msg[1])
         else:
             logger.error("pool process %d sent an unknown message %r", self.pid, kind)
 
     def _on_gone(self) -> None:
-        self.cancel_timers()
         self.link.close()
-        self.pool._on_gone(self)
+        self.pool.on_gone(self)
 
 
 # -- the child ----------------------------------------------------------------------------------
