@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from .codec import Codec, JsonCodec
 from .errors import (ChannelClosed, CodecError, FrameError, IdleTimeout, InvalidWorker,
-                     OutboundOverflow, PacketError, PoolBroken, PoolClosed, ReactorError,
+                     LineTooLong, OutboundOverflow, PacketError, PoolBroken, PoolClosed, ReactorError,
                      ReactorStopping, SerializationError, TaskTimeout, WorkerCrashed, WorkerError,
                      WorkerLoadError)
 from .framing import BinParser, FrameDecoder, encode_frame
+from .lines import LineParser
 from .net.connection import Connection
+from .net.lines import LineConnection, LineText2
 from .net.server import Server
 from .timers import Timer
 
@@ -53,13 +55,13 @@ _LAZY = {
 }
 
 __all__ = [
-    "Reactor", "Connection", "Server", "Timer",
-    "BinParser", "FrameDecoder", "encode_frame", "Codec", "JsonCodec",
+    "Reactor", "Connection", "LineConnection", "LineText2", "Server", "Timer",
+    "LineParser", "BinParser", "FrameDecoder", "encode_frame", "Codec", "JsonCodec",
     "Worker", "Pimp", "MetaPimp", "Callback",
     "ForkPool", "Future", "TaskResult", "wait", "as_completed",
     "spawn_child", "ChildProcess", "Channel", "BlockingChannel",
     "PacketError", "ReactorError", "ReactorStopping", "FrameError", "CodecError",
-    "InvalidWorker", "WorkerLoadError", "WorkerCrashed", "WorkerError", "SerializationError",
+    "LineTooLong", "InvalidWorker", "WorkerLoadError", "WorkerCrashed", "WorkerError", "SerializationError",
     "PoolClosed", "PoolBroken", "TaskTimeout", "IdleTimeout", "OutboundOverflow", "ChannelClosed",
 ]
 

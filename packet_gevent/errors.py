@@ -12,6 +12,7 @@ __all__ = [
     "PacketError",
     "FrameError",
     "CodecError",
+    "LineTooLong",
     "InvalidWorker",
     "WorkerLoadError",
     "WorkerCrashed",
@@ -51,6 +52,14 @@ class FrameError(PacketError, ValueError):
 
 class CodecError(PacketError, ValueError):
     """An object could not be encoded or decoded by a connection's codec."""
+
+
+class LineTooLong(PacketError, ValueError):
+    """The peer sent a line longer than the line protocol's ``max_line_length``.
+
+    Its fault: it is not speaking the protocol (or the limit is too small).
+    The parser that raised it stays failed; the connection is closed.
+    """
 
 
 class InvalidWorker(PacketError, LookupError):

@@ -451,7 +451,7 @@ class Transport:
             self.writing_paused = False
             self.post(self.conn.resume_writing)
         if self.close_after_writing and not self.outbuf and not self.out_size:
-            self._close(None)
+            self._close(self.reason)
 
     def _tls_writer(self) -> None:
         event = self.writer_event
@@ -468,15 +468,18 @@ class Transport:
                 self.out_size -= len(chunk)
                 self._after_write()
 
-    def close_when_flushed(self) -> None:
+    def close_when_flushed(self, reason: Optional[BaseException] = None) -> None:
+        """Close once the queue is written; ``unbind`` then gets ``reason``."""
         if self.state is CLOSED:
             return
         self.close_after_writing = True
         self.direct_send = False
+        if reason is not None and self.reason is None:
+            self.reason = reason  # kept by _after_write's close
         # out_size, not outbuf: the TLS writer pops a chunk before its sendall
         # and counts it as sent only after; closing then would cut that chunk.
         if not self.out_size:
-            self._close(None)
+            self._close(self.reason)
 
     # ------------------------------------------------------------- closing
     def _abort(self, reason: Optional[BaseException]) -> None:
