@@ -24,7 +24,7 @@ from ..codec import ObjectDecoder, encode_object, get_codec
 from ..errors import FrameError, CodecError
 from ..framing import DEFAULT_MAX_FRAME_SIZE
 from ..timers import Timer, TimerMethods
-from .transport import OPEN, Transport
+from .transport import CLOSED, OPEN, Transport
 
 __all__ = ["Connection", "as_connection_class"]
 
@@ -52,6 +52,8 @@ class Connection(TimerMethods):
     #: many bytes are queued for a peer that does not read.  None: no limit
     #: (producers should follow pause_writing/resume_writing instead).
     max_outbound_size: Optional[int] = None
+    #: The transport class behind this kind of handler (UDP has its own).
+    _pg_transport_class = Transport
 
     # ----------------------------------------------------------- callbacks
     def post_init(self) -> None:
@@ -87,7 +89,7 @@ class Connection(TimerMethods):
     def _pg_setup(self, reactor: Any, on_instance: Optional[Callable[[Any], Any]] = None,
                   *, idle_timeout: Optional[float] = None,
                   high_water: Optional[int] = None, low_water: Optional[int] = None) -> Transport:
-        transport = Transport(self, reactor)
+        transport = self._pg_transport_class(self, reactor)
         self._transport = transport
         self._reactor = reactor
         self._on_instance = on_instance
@@ -159,6 +161,17 @@ class Connection(TimerMethods):
     def get_peername(self) -> Any:
         """The peer's address (as ``socket.getpeername()``), or None if unknown."""
         return self._transport.peername
+
+    def get_sockname(self) -> Any:
+        """Our own address (as ``socket.getsockname()``), or None when there is no socket."""
+        transport = self._transport
+        sock = transport.ssl_sock or transport.sock
+        if sock is None or transport.state is CLOSED:
+            return None
+        try:
+            return sock.getsockname()
+        except OSError:
+            return None
 
     def get_outbound_data_size(self) -> int:
         """Bytes queued by ``send_data`` that the kernel has not taken yet."""

@@ -39,6 +39,7 @@ from ..errors import ReactorError, ReactorStopping
 from .server import Server, listener_for
 from ..timers import Timer, TimerMethods
 from .transport import CALLBACK_ERRORS, CLOSED, OPEN, raw_socket_from
+from .udp import open_datagram_socket
 
 __all__ = ["Reactor", "Service"]
 
@@ -208,6 +209,16 @@ class Reactor(TimerMethods):
             return
         conn._transport.attach(tls, ssl_sock=tls)
         conn._pg_completed()
+
+    # --------------------------------------------------------------- UDP
+    def open_datagram_socket(self, host: str, port: int, handler: Any,
+                             on_instance: Optional[Callable[[Any], Any]] = None) -> Any:
+        """EventMachine's ``open_datagram_socket``: a UDP socket bound now, as a connection.
+
+        Returns the handler instance (``get_sockname()`` gives the port picked
+        for port 0).  See :mod:`packet_gevent.net.udp`.
+        """
+        return open_datagram_socket(self, host, port, handler, on_instance)
 
     # --------------------------------------------------------- connecting
     def connect(self, host: Any, port: Optional[int], handler: Any,
