@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .codec import Codec, JsonCodec
 from .errors import (ChannelClosed, CodecError, FrameError, IdleTimeout, InvalidWorker,
-                     LineTooLong, OutboundOverflow, PacketError, PoolBroken, PoolClosed, ReactorError,
+                     LineTooLong, OutboundOverflow, PeerCertificateRejected, PacketError, PoolBroken, PoolClosed, ReactorError,
                      ReactorStopping, SerializationError, TaskTimeout, WorkerCrashed, WorkerError,
                      WorkerLoadError)
 from .framing import BinParser, FrameDecoder, encode_frame
@@ -61,7 +61,7 @@ __all__ = [
     "ForkPool", "Future", "TaskResult", "wait", "as_completed",
     "spawn_child", "ChildProcess", "Channel", "BlockingChannel",
     "PacketError", "ReactorError", "ReactorStopping", "FrameError", "CodecError",
-    "LineTooLong", "InvalidWorker", "WorkerLoadError", "WorkerCrashed", "WorkerError", "SerializationError",
+    "LineTooLong", "PeerCertificateRejected", "InvalidWorker", "WorkerLoadError", "WorkerCrashed", "WorkerError", "SerializationError",
     "PoolClosed", "PoolBroken", "TaskTimeout", "IdleTimeout", "OutboundOverflow", "ChannelClosed",
 ]
 

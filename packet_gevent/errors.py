@@ -13,6 +13,7 @@ __all__ = [
     "FrameError",
     "CodecError",
     "LineTooLong",
+    "PeerCertificateRejected",
     "InvalidWorker",
     "WorkerLoadError",
     "WorkerCrashed",
@@ -60,6 +61,10 @@ class LineTooLong(PacketError, ValueError):
     Its fault: it is not speaking the protocol (or the limit is too small).
     The parser that raised it stays failed; the connection is closed.
     """
+
+
+class PeerCertificateRejected(PacketError, ConnectionError):
+    """A handler's ``ssl_verify_peer`` refused the peer's TLS certificate; the connection was closed."""
 
 
 class InvalidWorker(PacketError, LookupError):

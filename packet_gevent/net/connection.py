@@ -79,6 +79,19 @@ class Connection(TimerMethods):
     def worker_receive(self, reply: Dict[str, Any]) -> None:
         """A worker answered a request this connection made with ``ask_worker``."""
 
+    def ssl_handshake_completed(self) -> None:
+        """The TLS handshake finished (``start_tls``, or a TLS server/connect), before any data."""
+
+    def ssl_verify_peer(self, cert: Optional[str]) -> bool:
+        """Accept the peer's certificate (PEM text; None if it sent none)?  Define it to decide.
+
+        Called once the handshake is done and before ``ssl_handshake_completed``
+        (Python's ssl has no per-certificate hook during the handshake); False
+        closes the connection with ``unbind(PeerCertificateRejected)``.  The
+        context's own verification (``verify_mode``, CA) has already run.
+        """
+        return True
+
     def pause_writing(self) -> None:
         """The outbound queue grew past the high watermark: stop producing."""
 
@@ -127,10 +140,27 @@ class Connection(TimerMethods):
         self._pg_completed()
 
     def _pg_completed(self) -> None:
+        if self._transport.ssl_sock is not None and not self._pg_tls_established():
+            return
         self._reactor._run_after_connection_hooks(self)
         if self._on_instance is not None:
             self._on_instance(self)
         self.connection_completed()
+
+    def _pg_tls_established(self) -> bool:
+        """After a handshake: ssl_verify_peer (if defined), then ssl_handshake_completed."""
+        if _defines(type(self), "ssl_verify_peer"):
+            cert = self.get_peer_cert()
+            if not self.ssl_verify_peer(cert):
+                from ..errors import PeerCertificateRejected
+                logger.warning("closing %r: ssl_verify_peer rejected the peer's certificate", self)
+                self._transport._close(PeerCertificateRejected(
+                    "ssl_verify_peer returned False for the peer's certificate"
+                    + ("" if cert else " (the peer sent none: a server must ask for one with "
+                       "verify_mode=CERT_OPTIONAL or CERT_REQUIRED)")))
+                return False
+        self.ssl_handshake_completed()
+        return True
 
     def _call_unbind(self, reason: Optional[BaseException]) -> None:
         if _unbind_takes_reason(type(self)):
@@ -161,6 +191,52 @@ class Connection(TimerMethods):
     def get_peername(self) -> Any:
         """The peer's address (as ``socket.getpeername()``), or None if unknown."""
         return self._transport.peername
+
+    def start_tls(self, ssl_context: Any, *, server_side: Optional[bool] = None,
+                  server_hostname: Optional[str] = None,
+                  handshake_timeout: Optional[float] = None) -> bool:
+        """STARTTLS: switch this live plain connection to TLS (EventMachine's ``start_tls``).
+
+        Call it from a callback.  What ``send_data`` queued before is written
+        in the clear; the handshake then runs in this connection's greenlet
+        (it blocks only this connection; bounded by ``handshake_timeout``,
+        default the idle timeout, else the reactor's connect_timeout, else 60
+        s).  ``server_side`` defaults to True for accepted connections, False
+        for outgoing ones, whose ``server_hostname`` defaults to connect's
+        ``server_hostname``, else the host connected to.  Then ``ssl_verify_peer`` (if defined) and
+        ``ssl_handshake_completed`` run, and True is returned; on failure
+        the connection is closed (``unbind(the error)``) and False returned.
+        """
+        target = getattr(self, "_pg_target", None)
+        if server_side is None:
+            server_side = target is None
+        if server_hostname is None and not server_side and target is not None and target[1] is not None:
+            server_hostname = target[2].get("server_hostname") or target[0]
+        transport = self._transport
+        timeout = (handshake_timeout or transport.idle_timeout
+                   or getattr(self._reactor, "connect_timeout", None) or 60.0)
+        if not transport.start_tls(ssl_context, server_side, server_hostname, timeout):
+            return False
+        return self._pg_tls_established()
+
+    def get_peer_cert(self) -> Optional[str]:
+        """The peer's TLS certificate as PEM text (EventMachine's ``get_peer_cert``), or None.
+
+        None on a plain connection or when the peer sent no certificate; the
+        parsed dict is ``get_ssl_socket().getpeercert()``.
+        """
+        sock = self._transport.ssl_sock
+        if sock is None:
+            return None
+        der = sock.getpeercert(binary_form=True)
+        if not der:
+            return None
+        import ssl
+        return ssl.DER_cert_to_PEM_cert(der)
+
+    def get_ssl_socket(self) -> Any:
+        """The gevent SSLSocket of a TLS connection (``version()``, ``cipher()``...), or None."""
+        return self._transport.ssl_sock
 
     def get_sockname(self) -> Any:
         """Our own address (as ``socket.getsockname()``), or None when there is no socket."""

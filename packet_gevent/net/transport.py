@@ -33,6 +33,7 @@ import _socket
 import greenlet
 import gevent
 import gevent.event
+import gevent.socket
 from gevent.monkey import get_original
 
 logger = logging.getLogger("packet_gevent.net.connection")
@@ -480,6 +481,68 @@ class Transport:
         # and counts it as sent only after; closing then would cut that chunk.
         if not self.out_size:
             self._close(self.reason)
+
+    # ------------------------------------------------------------ STARTTLS
+    def start_tls(self, context: Any, server_side: bool, server_hostname: Optional[str],
+                  timeout: Optional[float]) -> bool:
+        """Switch this live plain connection to TLS (STARTTLS), in its own greenlet.
+
+        What was queued before is written in the clear first; then the
+        handshake runs (blocking this greenlet only, bounded by ``timeout``)
+        and the connection goes on through the TLS reader and writer
+        greenlets, like one that was TLS from the start.  On failure the
+        connection is closed with the error as reason and False is returned.
+        """
+        from ..errors import ReactorError
+        from gevent.socket import wait_write
+        from gevent.ssl import SSLSocket
+        if self.ssl_sock is not None:
+            raise ReactorError(f"{self.conn!r} already speaks TLS")
+        if self.state is not OPEN or self.sock is None:
+            raise ReactorError(f"start_tls needs a live connection ({self.conn!r} is {self.state}): "
+                               "call it from connection_completed or a later callback")
+        if self.in_hub or _getcurrent() is not self.greenlet:
+            raise ReactorError("start_tls runs the handshake in the connection's greenlet: call it "
+                               "from one of its callbacks (not from a run_in_hub handler)")
+        self.direct_send = False  # from now on send() queues; the TLS writer will flush
+        self.read_watcher.stop()  # the handshake reads the socket from here on
+        try:
+            while self.outbuf and self.state is OPEN:  # the plain reply to "STARTTLS" first
+                wait_write(self.fd, timeout)
+                self._on_writable()
+        except OSError as exc:  # socket.timeout too
+            self._close(exc)
+            return False
+        if self.state is not OPEN:
+            return False
+        for watcher in (self.read_watcher, self.write_watcher):
+            watcher.close()
+        self.read_watcher = self.write_watcher = None
+        self.busy_stopped = False
+        raw = self.sock
+        gsock = self.sock = gevent.socket.socket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+        gsock.settimeout(timeout)
+        try:
+            tls = SSLSocket(sock=gsock, server_side=server_side, _context=context,
+                            server_hostname=server_hostname)
+        except CALLBACK_ERRORS as exc:
+            logger.debug("start_tls on %r failed: %r", self.conn, exc)
+            self._close(exc)  # closes gsock
+            return False
+        except BaseException:  # killed by a reactor stop: give the fd back
+            self._close(None)
+            raise
+        if self.state is not OPEN:  # closed during the handshake
+            tls.close()
+            return False
+        tls.settimeout(None)
+        self.sock = self.ssl_sock = tls
+        self.writer_event = gevent.event.Event()
+        if self.outbuf:
+            self.writer_event.set()
+        gevent.spawn(self._tls_reader)
+        gevent.spawn(self._tls_writer)
+        return True
 
     # ------------------------------------------------------------- closing
     def _abort(self, reason: Optional[BaseException]) -> None:
