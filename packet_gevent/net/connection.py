@@ -188,6 +188,24 @@ class Connection(TimerMethods):
         """Flush everything queued by ``send_data``, then close."""
         self._transport.close_when_flushed()
 
+    def close_write(self) -> None:
+        """Half-close: once everything queued is written, shut down our sending side
+        (``shutdown(SHUT_WR)``: the peer reads EOF) and keep receiving.
+
+        Later ``send_data`` is dropped.  The connection closes when the peer
+        closes too (or on ``close_connection``).  Not for TLS connections.
+        """
+        self._transport.close_write()
+
+    #: Twisted's name (``ITCPTransport.loseWriteConnection``).
+    lose_write_connection = close_write
+
+    # Define ``eof_received(self)`` (or Twisted's ``read_connection_lost``) to
+    # keep a connection open after the peer's EOF (its half-close): it is
+    # called, in order after the data, instead of closing; the handler may go
+    # on writing and closes with close_connection_after_writing() or
+    # close_write() (then both directions are done and the connection closes).
+
     def get_peername(self) -> Any:
         """The peer's address (as ``socket.getpeername()``), or None if unknown."""
         return self._transport.peername

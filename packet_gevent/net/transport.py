@@ -78,7 +78,7 @@ class Transport:
         "low_water", "writing_paused", "close_after_writing", "wake_pending",
         "timers", "on_data", "peername", "idle_timeout", "idle_timer",
         "last_activity", "writer_event", "unbind_done", "tls_resume", "tls_handled", "in_hub",
-        "direct_send",
+        "direct_send", "write_shut", "read_eof",
     )
 
     def __init__(self, conn: Any, reactor: Any) -> None:
@@ -123,6 +123,11 @@ class Transport:
         #: True while send() may write straight to the socket (open, plain,
         #: no close pending): one flag test on the hot path.
         self.direct_send = False
+        #: Half-close: 0 open for writing, 1 close_write() waits for the queue
+        #: to drain, 2 shut down (SHUT_WR sent).
+        self.write_shut = 0
+        #: The peer's EOF arrived and the handler keeps the connection open.
+        self.read_eof = False
 
     # ------------------------------------------------------------------ start
     def start(self, first: Callable[[], Any], may_block: bool = False) -> None:
@@ -381,7 +386,7 @@ class Transport:
     def _send_slow(self, data: bytes) -> None:
         # While CONNECTING (send_data from post_init) data is queued and
         # flushed by attach(), as EventMachine does.
-        if self.state is CLOSED or self.close_after_writing:
+        if self.state is CLOSED or self.close_after_writing or self.write_shut:
             logger.debug("send_data on closed connection %r dropped (%d bytes)",
                          self.conn, len(data))
         elif data:
@@ -453,6 +458,8 @@ class Transport:
             self.post(self.conn.resume_writing)
         if self.close_after_writing and not self.outbuf and not self.out_size:
             self._close(self.reason)
+        elif self.write_shut == 1 and not self.out_size:
+            self._shutdown_write()
 
     def _tls_writer(self) -> None:
         event = self.writer_event
@@ -544,10 +551,51 @@ class Transport:
         gevent.spawn(self._tls_writer)
         return True
 
+    # ----------------------------------------------------------- half-close
+    def close_write(self) -> None:
+        """Shut down our sending side (SHUT_WR) once the queue is written; keep reading."""
+        if self.state is CLOSED or self.write_shut:
+            return
+        if self.ssl_sock is not None:
+            from ..errors import ReactorError
+            raise ReactorError("close_write is not available on a TLS connection (a TCP "
+                               "half-close would cut the TLS stream): use close_connection_after_writing")
+        self.write_shut = 1
+        self.direct_send = False
+        if not self.out_size and self.state is OPEN:
+            self._shutdown_write()
+
+    def _shutdown_write(self) -> None:
+        self.write_shut = 2
+        if self.read_eof:  # both directions are done
+            self._close(None)
+            return
+        try:
+            self.sock.shutdown(_stdlib_socket.SHUT_WR)
+        except OSError as exc:
+            self._abort(exc)
+
+    def _peer_eof(self) -> bool:
+        """The peer's EOF: keep the connection open for writing if the handler asks to."""
+        conn = self.conn
+        handler = getattr(conn, "eof_received", None) or getattr(conn, "read_connection_lost", None)
+        if handler is None or self.write_shut == 2:
+            return False
+        self.read_eof = True
+        if self.read_watcher is not None:  # an fd at EOF stays readable: stop watching it
+            self.read_watcher.stop()
+            self.read_watcher.close()
+            self.read_watcher = None
+        self.busy_stopped = False
+        self.post(handler)
+        return True
+
     # ------------------------------------------------------------- closing
     def _abort(self, reason: Optional[BaseException]) -> None:
         """The peer or the OS ended the connection (EOF when reason is None)."""
         if self.state is CLOSED:
+            return
+        if reason is None and self.state is OPEN and self._peer_eof():
             return
         if reason is not None and not isinstance(reason, _CONNECTION_RESET):
             logger.debug("connection %r failed: %r", self.conn, reason)
