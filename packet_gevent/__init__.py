@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .codec import Codec, JsonCodec
 from .errors import (ChannelClosed, CodecError, FrameError, IdleTimeout, InvalidWorker,
-                     LineTooLong, OutboundOverflow, PeerCertificateRejected, PacketError, PoolBroken, PoolClosed, ReactorError,
+                     LineTooLong, OutboundOverflow, PeerCertificateRejected, ProcessFailed, PacketError, PoolBroken, PoolClosed, ReactorError,
                      ReactorStopping, SerializationError, TaskTimeout, WorkerCrashed, WorkerError,
                      WorkerLoadError)
 from .framing import BinParser, FrameDecoder, encode_frame
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # loaded lazily at run time (see __getattr__)
     from .ipc.channel import BlockingChannel, Channel
     from .ipc.process import ChildProcess, spawn_child
     from .packet import Reactor
+    from .popen import PopenConnection
     from .pool.executor import ForkPool
     from .pool.futures import Future, TaskResult, as_completed, wait
     from .workers.pimp import Callback, MetaPimp, Pimp
@@ -39,6 +40,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Reactor": "packet",
+    "PopenConnection": "popen",
     "Worker": "workers.worker",
     "Pimp": "workers.pimp",
     "MetaPimp": "workers.pimp",
@@ -58,10 +60,10 @@ __all__ = [
     "Reactor", "Connection", "LineConnection", "LineText2", "Server", "Timer",
     "LineParser", "BinParser", "FrameDecoder", "encode_frame", "Codec", "JsonCodec",
     "Worker", "Pimp", "MetaPimp", "Callback",
-    "ForkPool", "Future", "TaskResult", "wait", "as_completed",
+    "PopenConnection", "ForkPool", "Future", "TaskResult", "wait", "as_completed",
     "spawn_child", "ChildProcess", "Channel", "BlockingChannel",
     "PacketError", "ReactorError", "ReactorStopping", "FrameError", "CodecError",
-    "LineTooLong", "PeerCertificateRejected", "InvalidWorker", "WorkerLoadError", "WorkerCrashed", "WorkerError", "SerializationError",
+    "LineTooLong", "PeerCertificateRejected", "ProcessFailed", "InvalidWorker", "WorkerLoadError", "WorkerCrashed", "WorkerError", "SerializationError",
     "PoolClosed", "PoolBroken", "TaskTimeout", "IdleTimeout", "OutboundOverflow", "ChannelClosed",
 ]
 

@@ -14,6 +14,7 @@ __all__ = [
     "CodecError",
     "LineTooLong",
     "PeerCertificateRejected",
+    "ProcessFailed",
     "InvalidWorker",
     "WorkerLoadError",
     "WorkerCrashed",
@@ -65,6 +66,20 @@ class LineTooLong(PacketError, ValueError):
 
 class PeerCertificateRejected(PacketError, ConnectionError):
     """A handler's ``ssl_verify_peer`` refused the peer's TLS certificate; the connection was closed."""
+
+
+class ProcessFailed(PacketError):
+    """A program started by ``popen`` exited with a non-zero status or was killed by a signal.
+
+    ``exitcode`` or ``signal`` says which (the other is None); ``pid`` is its pid.
+    """
+
+    def __init__(self, message: str, *, pid: Optional[int] = None,
+                 exitcode: Optional[int] = None, signal: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal = signal
 
 
 class InvalidWorker(PacketError, LookupError):
