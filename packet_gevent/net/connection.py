@@ -24,6 +24,7 @@ from ..codec import ObjectDecoder, encode_object, get_codec
 from ..errors import FrameError, CodecError
 from ..framing import DEFAULT_MAX_FRAME_SIZE
 from ..timers import Timer, TimerMethods
+from .sendfile import stream_file
 from .transport import CLOSED, OPEN, Transport
 
 __all__ = ["Connection", "as_connection_class"]
@@ -187,6 +188,20 @@ class Connection(TimerMethods):
     def close_connection_after_writing(self) -> None:
         """Flush everything queued by ``send_data``, then close."""
         self._transport.close_when_flushed()
+
+    def stream_file_data(self, path: Any, *, offset: int = 0, count: Optional[int] = None,
+                         callback: Optional[Callable[[Any], Any]] = None) -> Any:
+        """EventMachine's ``stream_file_data``: send a file, with backpressure; returns at once.
+
+        ``os.sendfile`` on plain sockets, chunked reads otherwise.  Returns a
+        ``gevent.event.AsyncResult`` set to the bytes sent (or the error);
+        ``callback(bytes_sent_or_error)`` runs in this connection's greenlet
+        (not at all once it has closed).  A missing file raises here.  Send nothing else until it completes.
+        """
+        return stream_file(self._transport, path, offset, count, callback)
+
+    #: EventMachine's name for sending a (small) file; here any size is streamed.
+    send_file_data = stream_file_data
 
     def close_write(self) -> None:
         """Half-close: once everything queued is written, shut down our sending side

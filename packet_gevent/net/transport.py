@@ -78,7 +78,7 @@ class Transport:
         "low_water", "writing_paused", "close_after_writing", "wake_pending",
         "timers", "on_data", "peername", "idle_timeout", "idle_timer",
         "last_activity", "writer_event", "unbind_done", "tls_resume", "tls_handled", "in_hub",
-        "direct_send", "write_shut", "read_eof",
+        "direct_send", "write_shut", "read_eof", "drain_waiter",
     )
 
     def __init__(self, conn: Any, reactor: Any) -> None:
@@ -128,6 +128,9 @@ class Transport:
         self.write_shut = 0
         #: The peer's EOF arrived and the handler keeps the connection open.
         self.read_eof = False
+        #: An Event set when the queue drains to the low watermark (or the
+        #: connection closes): how a file streamer waits (net/sendfile.py).
+        self.drain_waiter = None
 
     # ------------------------------------------------------------------ start
     def start(self, first: Callable[[], Any], may_block: bool = False) -> None:
@@ -453,6 +456,8 @@ class Transport:
         outbuf.appendleft(b"".join(parts))
 
     def _after_write(self) -> None:
+        if self.drain_waiter is not None and self.out_size <= self.low_water:
+            self.drain_waiter.set()
         if self.writing_paused and self.out_size <= self.low_water:
             self.writing_paused = False
             self.post(self.conn.resume_writing)
@@ -617,6 +622,8 @@ class Transport:
             timer.cancel()
         self.outbuf.clear()
         self.out_size = 0
+        if self.drain_waiter is not None:
+            self.drain_waiter.set()
         if self.ssl_sock is not None:
             self.writer_event.set()
             if self.tls_handled is not None:
