@@ -22,6 +22,7 @@ users import.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import signal
@@ -39,6 +40,7 @@ from ..errors import ReactorError, ReactorStopping
 from .server import Server, listener_for
 from ..timers import Timer, TimerMethods
 from .transport import CALLBACK_ERRORS, CLOSED, OPEN, raw_socket_from
+from .threads import call_from_thread
 from .udp import open_datagram_socket
 
 __all__ = ["Reactor", "Service"]
@@ -355,6 +357,18 @@ class Reactor(TimerMethods):
     def next_turn(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` once, on the next loop iteration, in a greenlet of its own."""
         self.hub.loop.run_callback(self._dispatch, fn, args)
+
+    def call_from_thread(self, fn: Callable[..., Any], *args: Any) -> "concurrent.futures.Future[Any]":
+        """Run ``fn(*args)`` on this reactor's hub from ANY thread (the one thread-safe method).
+
+        It runs on the next loop turn, in a greenlet of its own (it may block,
+        and may call any reactor or connection method: ``conn.send_data``,
+        ``reactor.stop``, ``reactor.deliver(signature, fn)`` to run in a
+        connection's greenlet).  Returns a ``concurrent.futures.Future`` with its
+        result or exception; wait on it from the other thread, never from the
+        reactor's own (it would wait for itself).
+        """
+        return call_from_thread(self.hub, fn, args)
 
     def _timer(self, seconds: float, fn: Callable[..., Any], args: tuple, *, periodic: bool) -> Timer:
         timer = Timer(self.hub.loop, seconds, fn, args, periodic=periodic,
