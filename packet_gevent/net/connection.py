@@ -18,10 +18,11 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
+import socket
 from typing import Any, Callable, Dict, Optional, Type
 
 from ..codec import ObjectDecoder, encode_object, get_codec
-from ..errors import FrameError, CodecError
+from ..errors import CodecError, FrameError, ReactorError
 from ..framing import DEFAULT_MAX_FRAME_SIZE
 from ..timers import Timer, TimerMethods
 from .sendfile import stream_file
@@ -270,6 +271,38 @@ class Connection(TimerMethods):
     def get_ssl_socket(self) -> Any:
         """The gevent SSLSocket of a TLS connection (``version()``, ``cipher()``...), or None."""
         return self._transport.ssl_sock
+
+    # ------------------------------------------------------ socket options
+    def _pg_socket(self, what: str) -> Any:
+        transport = self._transport
+        sock = transport.ssl_sock or transport.sock
+        if sock is None or transport.state is CLOSED:
+            raise ReactorError(f"{what} needs the connection's socket, which {self!r} does not have "
+                               "(not connected yet, or closed): call it from connection_completed")
+        return sock
+
+    def set_sock_opt(self, level: int, optname: int, value: Any) -> None:
+        """EventMachine's ``set_sock_opt``: ``setsockopt(level, optname, value)`` on this socket."""
+        self._pg_socket("set_sock_opt").setsockopt(level, optname, value)
+
+    def get_sock_opt(self, level: int, optname: int, buflen: Optional[int] = None) -> Any:
+        """EventMachine's ``get_sock_opt``: ``getsockopt`` (an int, or bytes when ``buflen`` is given)."""
+        sock = self._pg_socket("get_sock_opt")
+        return sock.getsockopt(level, optname) if buflen is None else sock.getsockopt(level, optname, buflen)
+
+    def enable_keepalive(self, idle: Optional[int] = None, interval: Optional[int] = None,
+                         count: Optional[int] = None) -> None:
+        """EventMachine's ``enable_keepalive``: TCP keepalive probes after ``idle`` seconds of
+        silence, every ``interval`` seconds, ``count`` unanswered ones closing the connection
+        (``unbind`` with the OS's error).  None keeps the system default (Linux: 7200, 75, 9)."""
+        sock = self._pg_socket("enable_keepalive")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", count)):
+            if value is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), int(value))
+
+    def disable_keepalive(self) -> None:
+        self._pg_socket("disable_keepalive").setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
 
     def get_sockname(self) -> Any:
         """Our own address (as ``socket.getsockname()``), or None when there is no socket."""
