@@ -23,6 +23,7 @@ from .framing import BinParser, FrameDecoder, encode_frame
 from .lines import LineParser
 from .net.connection import Connection
 from .net.lines import LineConnection, LineText2
+from .net.reconnect import ReconnectPolicy
 from .net.server import Server
 from .timers import Timer
 
@@ -57,7 +58,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "Reactor", "Connection", "LineConnection", "LineText2", "Server", "Timer",
+    "Reactor", "Connection", "LineConnection", "LineText2", "ReconnectPolicy", "Server", "Timer",
     "LineParser", "BinParser", "FrameDecoder", "encode_frame", "Codec", "JsonCodec",
     "Worker", "Pimp", "MetaPimp", "Callback",
     "PopenConnection", "ForkPool", "Future", "TaskResult", "wait", "as_completed",

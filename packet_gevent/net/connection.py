@@ -56,6 +56,8 @@ class Connection(TimerMethods):
     max_outbound_size: Optional[int] = None
     #: The transport class behind this kind of handler (UDP has its own).
     _pg_transport_class = Transport
+    #: The reconnect state of an outgoing connection with a reconnect_policy.
+    _pg_reconnect: Any = None
 
     # ----------------------------------------------------------- callbacks
     def post_init(self) -> None:
@@ -165,10 +167,16 @@ class Connection(TimerMethods):
         return True
 
     def _call_unbind(self, reason: Optional[BaseException]) -> None:
-        if _unbind_takes_reason(type(self)):
-            self.unbind(reason)
-        else:
-            self.unbind()  # type: ignore[call-arg]
+        if self._pg_reconnect is not None:
+            self._pg_reconnect.count(self)  # before unbind, so unbind sees the count
+        try:
+            if _unbind_takes_reason(type(self)):
+                self.unbind(reason)
+            else:
+                self.unbind()  # type: ignore[call-arg]
+        finally:
+            if self._pg_reconnect is not None:
+                self._pg_reconnect.connection_ended(self)
 
     # ------------------------------------------------------------ methods
     def send_data(self, data: bytes) -> None:
@@ -180,15 +188,32 @@ class Connection(TimerMethods):
         self._transport.send(encode_object(obj, get_codec(self.object_codec)))
 
     def close_connection(self, after_writing: bool = False) -> None:
-        """Close now (queued data is dropped), or after the queue is flushed."""
+        """Close now (queued data is dropped), or after the queue is flushed.
+
+        Also stops a ``reconnect_policy``: a connection closed on purpose stays closed.
+        """
+        if self._pg_reconnect is not None:
+            self._pg_reconnect.stop()
         if after_writing:
             self._transport.close_when_flushed()
         else:
             self._transport._close(None)
 
     def close_connection_after_writing(self) -> None:
-        """Flush everything queued by ``send_data``, then close."""
+        """Flush everything queued by ``send_data``, then close (and stop a reconnect_policy)."""
+        if self._pg_reconnect is not None:
+            self._pg_reconnect.stop()
         self._transport.close_when_flushed()
+
+    def stop_reconnecting(self) -> None:
+        """End a ``reconnect_policy`` without closing the live connection."""
+        if self._pg_reconnect is not None:
+            self._pg_reconnect.stop()
+
+    @property
+    def reconnect_failures(self) -> int:
+        """Failed connection attempts in a row (with a ``reconnect_policy``)."""
+        return self._pg_reconnect.failures if self._pg_reconnect is not None else 0
 
     def stream_file_data(self, path: Any, *, offset: int = 0, count: Optional[int] = None,
                          callback: Optional[Callable[[Any], Any]] = None) -> Any:

@@ -40,6 +40,7 @@ from ..errors import ReactorError, ReactorStopping
 from .server import Server, listener_for
 from ..timers import Timer, TimerMethods
 from .transport import CALLBACK_ERRORS, CLOSED, OPEN, raw_socket_from
+from .reconnect import ReconnectPolicy, Reconnector
 from .threads import call_from_thread
 from .udp import open_datagram_socket
 
@@ -228,13 +229,16 @@ class Reactor(TimerMethods):
                 connect_timeout: Optional[float] = None,
                 ssl_context: Optional[_ssl.SSLContext] = None,
                 server_hostname: Optional[str] = None,
-                idle_timeout: Optional[float] = None) -> Any:
+                idle_timeout: Optional[float] = None,
+                reconnect_policy: Any = None) -> Any:
         """Open an outgoing connection; returns the handler instance at once.
 
         The connect (and DNS, through gevent's resolver) happens in the
         background.  On failure ``unbind(reason)`` is called without
         ``connection_completed`` and ``instance.connect_error`` holds the reason.
         ``port=None`` connects to the UNIX socket path ``host``.
+        ``reconnect_policy`` (a :class:`~packet_gevent.net.reconnect.ReconnectPolicy`,
+        or True for its defaults) connects again with back-off whenever it ends.
         """
         if isinstance(handler, type) or not isinstance(handler, Connection):
             conn = as_connection_class(handler)()
@@ -249,6 +253,8 @@ class Reactor(TimerMethods):
         transport = conn._pg_setup(self, on_instance,
                                    idle_timeout=idle_timeout if idle_timeout is not None else self.idle_timeout)
         conn._pg_target = (host, port, options)
+        if reconnect_policy is not None:
+            conn._pg_reconnect = Reconnector(self, host, port, ReconnectPolicy.coerce(reconnect_policy))
         self.connections[conn.signature] = conn
         if self._stopping:
             # A connection opened now would outlive the reactor: refuse it the
