@@ -385,12 +385,65 @@ class Reactor(TimerMethods):
     def _dispatch(self, fn: Callable[..., Any], args: tuple) -> None:
         gevent.spawn_raw(self._run_logged, fn, args)
 
-    @staticmethod
-    def _run_logged(fn: Callable[..., Any], args: tuple) -> None:
+    def _run_logged(self, fn: Callable[..., Any], args: tuple) -> None:
         try:
             fn(*args)
+        except CALLBACK_ERRORS as exc:
+            if self._error_handler is None:
+                logger.exception("timer callback %r raised", fn)
+            else:
+                self._report_error(exc, None)
+
+    # ------------------------------------------------------- error handler
+    _error_handler: Optional[Callable[[BaseException, Any], Any]] = None
+
+    def error_handler(self, fn: Optional[Callable[[BaseException, Any], Any]] = None) -> Any:
+        """EventMachine's ``EM.error_handler``: ``fn(error, connection)`` gets every exception
+        escaping a connection callback (``connection`` the handler; its connection still
+        ends with ``unbind(error)``) or a reactor timer / next_turn (``connection`` None),
+        instead of the error log line.  It runs where the callback ran and should not block.
+        ``error_handler(None)`` goes back to logging.  Usable as a decorator.
+        """
+        if fn is not None and not callable(fn):
+            raise TypeError(f"error_handler needs a callable (or None), got {fn!r}")
+        self._error_handler = fn
+        return fn
+
+    def _report_error(self, exc: BaseException, conn: Any) -> None:
+        handler = self._error_handler
+        try:
+            handler(exc, conn)
         except CALLBACK_ERRORS:
-            logger.exception("timer callback %r raised", fn)
+            logger.exception("error_handler %r raised while handling %r (from %r)", handler, exc, conn)
+
+    # -------------------------------------------------------------- attach
+    def attach(self, sock: Any, handler: Any, on_instance: Optional[Callable[[Any], Any]] = None) -> Any:
+        """EventMachine's ``EM.attach``: drive an existing connected stream socket as a connection.
+
+        ``sock`` is a socket object (stdlib or gevent) or a file descriptor; the
+        connection takes it over (closes it at the end; pass ``os.dup(fd)`` to
+        keep yours).  Returns the handler instance; callbacks as for an
+        accepted connection (``post_init``, ``connection_completed``...).
+        """
+        import socket as _stdsocket
+        if self._stopping:
+            raise ReactorStopping("the reactor is stopping: it attaches no new connections")
+        if isinstance(sock, int):
+            sock = _stdsocket.socket(fileno=sock)
+        if sock.type != _stdsocket.SOCK_STREAM:
+            raise ValueError(f"attach needs a connected stream socket, got {sock!r} "
+                             "(for UDP use open_datagram_socket)")
+        conn = as_connection_class(handler)()
+        raw = raw_socket_from(sock)
+        transport = conn._pg_setup(self, on_instance, idle_timeout=self.idle_timeout)
+        try:
+            transport.peername = raw.getpeername() or None
+        except OSError:
+            transport.peername = None
+        self.connections[conn.signature] = conn
+        transport.attach(raw)
+        transport.start(conn._pg_started)
+        return conn
 
     # ------------------------------------------------------------ services
     def add_service(self, service: Service) -> Service:

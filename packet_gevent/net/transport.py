@@ -228,9 +228,13 @@ class Transport:
             self._invoke(item)
 
     def _callback_failed(self, fn: Any, exc: BaseException) -> None:
-        """A user callback raised: log it with its traceback, end this connection."""
-        logger.error("callback %s of %r raised; closing the connection",
-                     getattr(fn, "__name__", fn), self.conn, exc_info=exc)
+        """A user callback raised: log it with its traceback (or hand it to the reactor's
+        error_handler), end this connection."""
+        if getattr(self.reactor, "_error_handler", None) is None:
+            logger.error("callback %s of %r raised; closing the connection",
+                         getattr(fn, "__name__", fn), self.conn, exc_info=exc)
+        else:
+            self.reactor._report_error(exc, self.conn)
         self._close(exc)
 
     def _run_unbind(self) -> None:
