@@ -25,6 +25,7 @@ from ..codec import ObjectDecoder, encode_object, get_codec
 from ..errors import CodecError, FrameError, ReactorError
 from ..framing import DEFAULT_MAX_FRAME_SIZE
 from ..timers import Timer, TimerMethods
+from .proxy import start_proxy, stop_proxy, target_ended
 from .sendfile import stream_file
 from .transport import CLOSED, OPEN, Transport
 
@@ -58,6 +59,10 @@ class Connection(TimerMethods):
     _pg_transport_class = Transport
     #: The reconnect state of an outgoing connection with a reconnect_policy.
     _pg_reconnect: Any = None
+    #: (target connection, bufsize) while proxy_incoming_to is on.
+    _pg_proxy: Any = None
+    #: The connections proxying into this one.
+    _pg_proxied_by: Any = None
 
     # ----------------------------------------------------------- callbacks
     def post_init(self) -> None:
@@ -175,6 +180,10 @@ class Connection(TimerMethods):
             else:
                 self.unbind()  # type: ignore[call-arg]
         finally:
+            if self._pg_proxy is not None:  # a source that ends lets go of its target
+                stop_proxy(self._transport)
+            if self._pg_proxied_by:
+                target_ended(self)
             if self._pg_reconnect is not None:
                 self._pg_reconnect.connection_ended(self)
 
@@ -228,6 +237,17 @@ class Connection(TimerMethods):
 
     #: EventMachine's name for sending a (small) file; here any size is streamed.
     send_file_data = stream_file_data
+
+    def proxy_incoming_to(self, other: "Connection", bufsize: Optional[int] = None) -> None:
+        """EventMachine's ``proxy_incoming_to``: what this connection receives goes straight
+        out of ``other`` (not to ``receive_data``), read by the hub; this side stops reading
+        while ``other`` has more than ``bufsize`` bytes queued (default: its high watermark).
+        See :mod:`packet_gevent.net.proxy`."""
+        start_proxy(self._transport, other, bufsize)
+
+    def stop_proxying(self) -> None:
+        """EventMachine's ``stop_proxying``: received data goes to ``receive_data`` again."""
+        stop_proxy(self._transport)
 
     def close_write(self) -> None:
         """Half-close: once everything queued is written, shut down our sending side
