@@ -24,6 +24,7 @@ from .lines import LineParser
 from .net.connection import Connection
 from .net.lines import LineConnection, LineText2
 from .net.reconnect import ReconnectPolicy
+from .net.udp import DatagramConnection
 from .net.server import Server
 from .timers import Timer
 
@@ -58,7 +59,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "Reactor", "Connection", "LineConnection", "LineText2", "ReconnectPolicy", "Server", "Timer",
+    "Reactor", "Connection", "LineConnection", "LineText2", "DatagramConnection", "ReconnectPolicy", "Server", "Timer",
     "LineParser", "BinParser", "FrameDecoder", "encode_frame", "Codec", "JsonCodec",
     "Worker", "Pimp", "MetaPimp", "Callback",
     "PopenConnection", "ForkPool", "Future", "TaskResult", "wait", "as_completed",
