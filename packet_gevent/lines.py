@@ -158,14 +158,16 @@ class LineParser:
                 # The delimiter may start in the last len-1 bytes: search
                 # from there next time.
                 self._scan = max(pos, end - len(delimiter) + 1)
-                if end - pos - (len(delimiter) - 1) > self.max_line_length:
+                # Could a delimiter (and, with b"\n", a "\r" before it) still
+                # end a line within the limit?  Else fail now.
+                if end - pos - (len(delimiter) - 1) - self._strip_cr > self.max_line_length:
                     self._fail(end - pos, complete=False)
                 return None
-            if found - pos > self.max_line_length:
-                self._fail(found - pos, complete=True)
             line_end = found
             if self._strip_cr and line_end > pos and buffer[line_end - 1] == 13:
                 line_end -= 1
+            if line_end - pos > self.max_line_length:
+                self._fail(line_end - pos, complete=True)
             line = bytes(buffer[pos:line_end])
             self._advance(found + len(delimiter))
             return (LINE, line)

@@ -63,6 +63,14 @@ def test_line_over_the_limit_raises_after_the_lines_before_it_and_stays_failed()
         p.feed(b"x\n")
 
 
+def test_the_limit_counts_the_line_without_its_crlf():
+    p = LineParser(max_line_length=3)
+    assert p.events(b"abc\r") == []  # "\r\n" may still come
+    assert p.events(b"\nxyz\r\n") == [(LINE, b"abc"), (LINE, b"xyz")]
+    with pytest.raises(LineTooLong):
+        p.events(b"abcd\r\n")
+
+
 def test_an_endless_line_fails_without_buffering_past_the_limit():
     p = LineParser(b"\r\n", max_line_length=100)
     assert p.events(b"a" * 100 + b"\r") == []  # the delimiter may still come
