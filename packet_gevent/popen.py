@@ -16,7 +16,8 @@ killed it, as ``subprocess``) is known there; ``reason`` is None for exit 0,
 :class:`~packet_gevent.errors.ProcessFailed` for another status.  A program
 still running after its output closed (or after ``close_connection()``) gets
 ``popen_exit_grace`` seconds, then SIGTERM, then SIGKILL; when the reactor
-stops, SIGTERM at once.
+stops, SIGTERM at once.  Like any child of a shell, the program gets the
+terminal's Ctrl-C (SIGINT is not ignored for it, unlike for our workers).
 """
 from __future__ import annotations
 
@@ -131,6 +132,9 @@ def popen(reactor: Any, cmd: Union[str, Sequence[str]], handler: Any,
     if reactor._stopping:
         raise ReactorStopping("the reactor is stopping: it starts no new programs")
     conn = popen_class(handler)()
+    if getattr(conn, "run_in_hub", False):
+        raise ValueError("a popen handler cannot be run_in_hub: its unbind waits for the "
+                         "program's exit status")
     child = spawn_child(_exec_program, name=f"popen {os.path.basename(argv[0])}",
                         args=(argv, env, cwd), ignore_sigint=False)
     try:

@@ -46,6 +46,9 @@ def test_a_nonzero_exit_or_a_missing_program_is_a_process_failed(reactor):
     reason, status = missing.unbound.get(timeout=10)
     assert isinstance(reason, ProcessFailed) and status == 127
 
+    with pytest.raises(ValueError, match="run_in_hub"):
+        reactor.popen(["true"], type("InHub", (Collect,), {"run_in_hub": True}))
+
 
 def test_lines_from_a_program_and_a_plain_class_handler(reactor):
     lines = gevent.queue.Queue()
