@@ -99,3 +99,17 @@ def test_both_sides_half_close_then_the_connection_closes(reactor):
     assert recv_until_closed(sock) == b"last words"
     assert unbound.get(timeout=5) is None
     sock.close()
+
+
+def test_eof_received_of_a_run_in_hub_handler(reactor):
+    class Fast(CountThenAnswer):
+        run_in_hub = True
+
+    instances = []
+    server = reactor.start_server("127.0.0.1", 0, Fast, instances.append)
+    sock = gevent.socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(b"y" * 1000)
+    sock.shutdown(socket.SHUT_WR)
+    assert recv_until_closed(sock) == b"got 1000 bytes" + b"!" * 300000
+    assert instances[0].unbound.get(timeout=5) is None
+    sock.close()

@@ -138,3 +138,18 @@ def test_delimiter_can_change_mid_stream_and_lines_from_an_outgoing_connection(r
     conn.close_connection()
     peer.close()
     listener.close()
+
+
+def test_a_run_in_hub_line_handler(reactor):
+    class Fast(LineConnection):
+        run_in_hub = True
+
+        def receive_line(self, line):
+            self.send_data(line.upper() + b"\n")
+
+    server = reactor.start_server("127.0.0.1", 0, Fast)
+    sock = connect(server, "127.0.0.1")
+    sock.sendall(b"one\ntw")
+    sock.sendall(b"o\n")
+    assert recv_exactly(sock, 8) == b"ONE\nTWO\n"
+    sock.close()

@@ -171,3 +171,14 @@ def test_ssl_handshake_completed_comes_before_connection_completed_for_tls_from_
     assert client_side.events == [("handshake", True), "completed"]   # it saw the server's certificate
     assert server_side.events == [("handshake", False), "completed"]  # no client certificate asked
     conn.close_connection()
+
+
+def test_start_tls_to_the_wrong_host_name_fails_and_closes_with_the_verification_error(reactor, certs):
+    server_ctx, client_ctx, _, _ = certs
+    server_class = type("S", (StartTlsServer,), {"context": server_ctx, "instances": []})
+    client_class = type("C", (StartTlsClient,), {"context": client_ctx})
+    server = reactor.start_server("127.0.0.1", 0, server_class)
+    conn = reactor.connect("127.0.0.1", server.port, client_class, server_hostname="not-this-host.example")
+    reason = conn.unbound.get(timeout=10)
+    assert isinstance(reason, ssl.SSLCertVerificationError)
+    assert conn.events == []  # neither verify nor handshake_completed ran

@@ -119,3 +119,19 @@ def test_reactor_stop_unbinds_a_datagram_socket_and_releases_its_fd():
     assert len(os.listdir("/proc/self/fd")) == before
     with pytest.raises(ReactorError):
         r.open_datagram_socket("127.0.0.1", 0, Echo)
+
+
+def test_a_run_in_hub_datagram_handler_answers_from_the_hub(reactor):
+    class Fast(Connection):
+        run_in_hub = True
+
+        def receive_data(self, data):
+            self.send_data(data[::-1])
+
+    conn = reactor.open_datagram_socket("::1", 0, Fast)
+    sock = udp_client(socket.AF_INET6)
+    for word in (b"abc", b"hello"):
+        sock.sendto(word, conn.get_sockname()[:2])
+        assert sock.recvfrom(100)[0] == word[::-1]
+    sock.close()
+    conn.close_connection()
