@@ -43,6 +43,7 @@ from .transport import CALLBACK_ERRORS, CLOSED, OPEN, raw_socket_from
 from .reconnect import ReconnectPolicy, Reconnector
 from .threads import call_from_thread
 from .udp import open_datagram_socket
+from .watch import watch as watch_fd
 
 __all__ = ["Reactor", "Service"]
 
@@ -415,6 +416,16 @@ class Reactor(TimerMethods):
             handler(exc, conn)
         except CALLBACK_ERRORS:
             logger.exception("error_handler %r raised while handling %r (from %r)", handler, exc, conn)
+
+    # --------------------------------------------------------------- watch
+    def watch(self, fd: Any, handler: Any, on_instance: Optional[Callable[[Any], Any]] = None) -> Any:
+        """EventMachine's ``EM.watch``: readiness callbacks for a descriptor the caller owns.
+
+        ``conn.set_notify_readable(True)`` / ``set_notify_writable(True)`` turn on
+        ``notify_readable()`` / ``notify_writable()``; ``detach()`` stops (the fd stays
+        open).  See :mod:`packet_gevent.net.watch`.
+        """
+        return watch_fd(self, fd, handler, on_instance)
 
     # -------------------------------------------------------------- attach
     def attach(self, sock: Any, handler: Any, on_instance: Optional[Callable[[Any], Any]] = None) -> Any:
