@@ -565,13 +565,16 @@ class Transport:
         """Shut down our sending side (SHUT_WR) once the queue is written; keep reading."""
         if self.state is CLOSED or self.write_shut:
             return
+        from ..errors import ReactorError
+        if self.state is not OPEN:
+            raise ReactorError(f"close_write needs a live connection ({self.conn!r} is still "
+                               f"{self.state}): call it from connection_completed or later")
         if self.ssl_sock is not None:
-            from ..errors import ReactorError
             raise ReactorError("close_write is not available on a TLS connection (a TCP "
                                "half-close would cut the TLS stream): use close_connection_after_writing")
         self.write_shut = 1
         self.direct_send = False
-        if not self.out_size and self.state is OPEN:
+        if not self.out_size:
             self._shutdown_write()
 
     def _shutdown_write(self) -> None:
