@@ -135,3 +135,20 @@ def test_a_run_in_hub_datagram_handler_answers_from_the_hub(reactor):
         assert sock.recvfrom(100)[0] == word[::-1]
     sock.close()
     conn.close_connection()
+
+
+def test_a_datagram_over_the_udp_limit_is_refused_to_the_caller(reactor):
+    errors = gevent.queue.Queue()
+
+    class TooBig(Connection):
+        def post_init(self):
+            try:
+                self.send_datagram(b"x" * 70000, "127.0.0.1", 9)
+            except OSError as exc:
+                errors.put(exc)
+
+    conn = reactor.open_datagram_socket("127.0.0.1", 0, TooBig)
+    exc = errors.get(timeout=5)
+    assert exc.errno == __import__("errno").EMSGSIZE
+    assert conn.connected  # the socket lives on
+    conn.close_connection()
