@@ -1,4 +1,5 @@
 """UDP (open_datagram_socket) over real sockets on 127.0.0.1 and ::1."""
+import errno
 import os
 import socket
 
@@ -149,6 +150,6 @@ def test_a_datagram_over_the_udp_limit_is_refused_to_the_caller(reactor):
 
     conn = reactor.open_datagram_socket("127.0.0.1", 0, TooBig)
     exc = errors.get(timeout=5)
-    assert exc.errno == __import__("errno").EMSGSIZE
+    assert exc.errno == errno.EMSGSIZE
     assert conn.connected  # the socket lives on
     conn.close_connection()
