@@ -3,7 +3,7 @@
     python -m demos.eval_server [--host 127.0.0.1] [--port 11006]
 
 Prints ``eval server listening on HOST:PORT`` once it serves.  Each line a
-client sends is passed to ``eval_worker`` (demos/eval_workers/eval_worker.py)
+client sends (split by :class:`packet_gevent.LineConnection`) is passed to ``eval_worker`` (demos/eval_workers/eval_worker.py)
 with ``ask_worker``; the answer comes back to the asking connection's
 ``worker_receive``, which writes ``= <result>`` or ``error: <why>``.  The
 connection stays usable after an error.  Unlike Packet's demo, nothing is
@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Any, Dict, Optional
 
-from packet_gevent import Connection, InvalidWorker, Reactor
+from packet_gevent import InvalidWorker, LineConnection, LineTooLong, Reactor
 
 from ._cli import parser, setup_logging
 
@@ -28,11 +28,13 @@ WORKER_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "eval_wor
 MAX_LINE = 4096
 
 
-class EvalServer(Connection):
+class EvalServer(LineConnection):
+    """One arithmetic expression per line (LineConnection splits them; ``\r\n`` works too)."""
+
     clients = itertools.count(1)
+    max_line_length = MAX_LINE
 
     def post_init(self) -> None:
-        self.buffer = b""
         self.too_long = False
         self.waiting = 0
 
@@ -41,27 +43,21 @@ class EvalServer(Connection):
         self.number = next(self.clients)
         self.send_data(f"wow: you are client {self.number}; send arithmetic, one per line\n".encode())
 
-    def receive_data(self, data: bytes) -> None:
-        if self.too_long:
-            return  # closing: ignore what follows an oversized line
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split(b"\n")
-        if len(self.buffer) > MAX_LINE or any(len(line) > MAX_LINE for line in lines):
-            # A client that sends an endless line is not talking our protocol:
-            # answer the lines before it, say why, and close.
-            cut = next((i for i, line in enumerate(lines) if len(line) > MAX_LINE), len(lines))
-            lines = lines[:cut]
-            self.buffer = b""
-            self.too_long = True
-        for line in lines:
-            text = line.decode("utf-8", "replace").strip()
-            if not text:
-                continue
-            try:
-                self.ask_worker("eval_worker", data=text, type="request")
-                self.waiting += 1
-            except InvalidWorker as exc:
-                self.send_data(f"error: {exc}\n".encode())
+    def receive_line(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").strip()
+        if not text:
+            return
+        try:
+            self.ask_worker("eval_worker", data=text, type="request")
+            self.waiting += 1
+        except InvalidWorker as exc:
+            self.send_data(f"error: {exc}\n".encode())
+
+    def line_too_long(self, error: LineTooLong) -> None:
+        # A client that sends an endless line is not talking our protocol:
+        # answer the lines before it (their replies may still be on the way),
+        # say why, and close.
+        self.too_long = True
         self._close_if_too_long()
 
     def _close_if_too_long(self) -> None:

@@ -16,11 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from .codec import Codec, JsonCodec
 from .errors import (ChannelBroken, ChannelBusy, ChannelClosed, CodecError, FrameError,
-                     FrameTooLarge, IdleTimeout, InvalidWorker, OutboundOverflow, PacketError,
-                     PoolBroken, PoolClosed, ReactorError, ReactorStopping, SerializationError,
-                     TaskTimeout, WorkerCrashed, WorkerError, WorkerLoadError, WorkerStopped)
+                     FrameTooLarge, IdleTimeout, InvalidWorker, LineTooLong, OutboundOverflow,
+                     PacketError, PeerCertificateRejected, PoolBroken, PoolClosed, ProcessFailed,
+                     ReactorError, ReactorStopping, SerializationError, TaskTimeout, WorkerCrashed,
+                     WorkerError, WorkerLoadError, WorkerStopped)
 from .framing import BinParser, FrameDecoder, encode_frame
+from .lines import LineParser
 from .net.connection import Connection
+from .net.lines import LineConnection, LineText2
+from .net.reconnect import ReconnectPolicy
+from .net.udp import DatagramConnection
 from .net.server import Server
 from .timers import Timer
 
@@ -29,6 +34,7 @@ if TYPE_CHECKING:  # loaded lazily at run time (see __getattr__)
     from .ipc.channel import Channel
     from .ipc.process import ChildProcess, spawn_child
     from .packet import Reactor
+    from .popen import PopenConnection
     from .pool.executor import ForkPool
     from .pool.futures import Future, TaskResult, as_completed, wait
     from .workers.pimp import Callback, MetaPimp, Pimp
@@ -38,6 +44,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Reactor": "packet",
+    "PopenConnection": "popen",
     "Worker": "workers.worker",
     "Pimp": "workers.pimp",
     "MetaPimp": "workers.pimp",
@@ -54,12 +61,14 @@ _LAZY = {
 }
 
 __all__ = [
-    "Reactor", "Connection", "Server", "Timer",
-    "BinParser", "FrameDecoder", "encode_frame", "Codec", "JsonCodec",
+    "Reactor", "Connection", "LineConnection", "LineText2", "DatagramConnection",
+    "ReconnectPolicy", "Server", "Timer",
+    "LineParser", "BinParser", "FrameDecoder", "encode_frame", "Codec", "JsonCodec",
     "Worker", "Pimp", "MetaPimp", "Callback",
-    "ForkPool", "Future", "TaskResult", "wait", "as_completed",
+    "PopenConnection", "ForkPool", "Future", "TaskResult", "wait", "as_completed",
     "spawn_child", "ChildProcess", "Channel", "BlockingChannel",
     "PacketError", "ReactorError", "ReactorStopping", "FrameError", "FrameTooLarge", "CodecError",
+    "LineTooLong", "PeerCertificateRejected", "ProcessFailed",
     "InvalidWorker", "WorkerLoadError", "WorkerCrashed", "WorkerStopped", "WorkerError",
     "SerializationError", "PoolClosed", "PoolBroken", "TaskTimeout", "IdleTimeout",
     "OutboundOverflow", "ChannelClosed", "ChannelBroken", "ChannelBusy",

@@ -23,6 +23,9 @@ __all__ = [
     "FrameError",
     "FrameTooLarge",
     "CodecError",
+    "LineTooLong",
+    "PeerCertificateRejected",
+    "ProcessFailed",
     "InvalidWorker",
     "WorkerLoadError",
     "WorkerCrashed",
@@ -72,6 +75,32 @@ class FrameTooLarge(FrameError):
 
 class CodecError(PacketError, ValueError):
     """An object could not be encoded or decoded by a connection's codec."""
+
+
+class LineTooLong(PacketError, ValueError):
+    """The peer sent a line longer than the line protocol's ``max_line_length``.
+
+    Its fault: it is not speaking the protocol (or the limit is too small).
+    The parser that raised it stays failed; the connection is closed.
+    """
+
+
+class PeerCertificateRejected(PacketError, ConnectionError):
+    """A handler's ``ssl_verify_peer`` refused the peer's TLS certificate; the connection was closed."""
+
+
+class ProcessFailed(PacketError):
+    """A program started by ``popen`` exited with a non-zero status or was killed by a signal.
+
+    ``exitcode`` or ``signal`` says which (the other is None); ``pid`` is its pid.
+    """
+
+    def __init__(self, message: str, *, pid: Optional[int] = None,
+                 exitcode: Optional[int] = None, signal: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal = signal
 
 
 class InvalidWorker(PacketError, LookupError):

@@ -6,7 +6,8 @@ Packet's process features, each run as a reactor service:
 * workers (``worker_root=``, ``start_worker``, ``ask_worker``, ``delete_worker``),
   a :class:`~packet_gevent.workers.WorkerManager` created on first use;
 * the fork pool used by ``Connection.defer`` (``pool_size=``, or ``pool=`` to
-  give it any pool with the ForkPool API), created on first use.
+  give it any pool with the ForkPool API), created on first use;
+* ``popen`` (EventMachine's ``EM.popen``: a child program as a connection).
 
 ``Reactor.run`` honours Packet's ``WORKER_ROOT`` setting.  The core reactor
 imports none of this, so a plain network server never imports the code that
@@ -24,6 +25,7 @@ from typing import Any, Callable, Dict, Optional
 from .net.connection import Connection
 from .net.reactor import Reactor as CoreReactor
 from .pool.executor import ForkPool
+from .popen import popen
 from .pool.futures import Future
 from .pool.tasks import describe_callable
 from .workers.manager import WorkerManager
@@ -181,6 +183,16 @@ class Reactor(CoreReactor):
         if not self.deliver(signature, receiver, outcome):
             logger.debug("result of deferred %s dropped: connection %d has gone",
                          describe_callable(fn), signature)
+
+    # --------------------------------------------------------------- popen
+    def popen(self, cmd: Any, handler: Any, on_instance: Optional[Callable[[Any], Any]] = None, *,
+              env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None) -> Any:
+        """EventMachine's ``EM.popen``: run ``cmd`` (a list, or a string split without a
+        shell) with its stdin/stdout as a connection to a new ``handler``; returns it.
+
+        See :mod:`packet_gevent.popen` (unbind after the exit, ``get_status()``).
+        """
+        return popen(self, cmd, handler, on_instance, env=env, cwd=cwd)
 
     # ---------------------------------------------------------------- run
     @classmethod

@@ -18,14 +18,17 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
+import socket
 from typing import Any, Callable, Dict, Optional, Type
 
 from ..codec import ObjectDecoder, encode_object, get_codec
-from ..errors import FrameError, CodecError
+from ..errors import CodecError, FrameError, ReactorError
 from ..framing import DEFAULT_MAX_FRAME_SIZE
 from ..timers import Timer, TimerMethods
+from .proxy import start_proxy, stop_proxy, target_ended
 from .runners import SharedTransport
-from .transport import OPEN, Transport
+from .sendfile import stream_file
+from .transport import CLOSED, OPEN, Transport
 
 __all__ = ["Connection", "as_connection_class"]
 
@@ -59,6 +62,14 @@ class Connection(TimerMethods):
     #: many bytes are queued for a peer that does not read.  None: no limit
     #: (producers should follow pause_writing/resume_writing instead).
     max_outbound_size: Optional[int] = None
+    #: The transport class behind this kind of handler (UDP has its own).
+    _pg_transport_class = Transport
+    #: The reconnect state of an outgoing connection with a reconnect_policy.
+    _pg_reconnect: Any = None
+    #: (target connection, bufsize) while proxy_incoming_to is on.
+    _pg_proxy: Any = None
+    #: The connections proxying into this one.
+    _pg_proxied_by: Any = None
 
     # ----------------------------------------------------------- callbacks
     def post_init(self) -> None:
@@ -84,6 +95,19 @@ class Connection(TimerMethods):
     def worker_receive(self, reply: Dict[str, Any]) -> None:
         """A worker answered a request this connection made with ``ask_worker``."""
 
+    def ssl_handshake_completed(self) -> None:
+        """The TLS handshake finished (``start_tls``, or a TLS server/connect), before any data."""
+
+    def ssl_verify_peer(self, cert: Optional[str]) -> bool:
+        """Accept the peer's certificate (PEM text; None if it sent none)?  Define it to decide.
+
+        Called once the handshake is done and before ``ssl_handshake_completed``
+        (Python's ssl has no per-certificate hook during the handshake); False
+        closes the connection with ``unbind(PeerCertificateRejected)``.  The
+        context's own verification (``verify_mode``, CA) has already run.
+        """
+        return True
+
     def pause_writing(self) -> None:
         """The outbound queue grew past the high watermark: stop producing."""
 
@@ -94,10 +118,10 @@ class Connection(TimerMethods):
     def _pg_setup(self, reactor: Any, on_instance: Optional[Callable[[Any], Any]] = None,
                   *, idle_timeout: Optional[float] = None,
                   high_water: Optional[int] = None, low_water: Optional[int] = None) -> Transport:
-        if self.run_in_hub or self.greenlet_per_connection:
-            transport = Transport(self, reactor)
-        else:
-            transport = SharedTransport(self, reactor)
+        cls = self._pg_transport_class
+        if cls is Transport and not (self.run_in_hub or self.greenlet_per_connection):
+            cls = SharedTransport  # the default: callbacks on shared runner greenlets
+        transport = cls(self, reactor)
         self._transport = transport
         self._reactor = reactor
         self._on_instance = on_instance
@@ -135,16 +159,43 @@ class Connection(TimerMethods):
         self._pg_completed()
 
     def _pg_completed(self) -> None:
+        if self._transport.ssl_sock is not None and not self._pg_tls_established():
+            return
         self._reactor._run_after_connection_hooks(self)
         if self._on_instance is not None:
             self._on_instance(self)
         self.connection_completed()
 
+    def _pg_tls_established(self) -> bool:
+        """After a handshake: ssl_verify_peer (if defined), then ssl_handshake_completed."""
+        if _defines(type(self), "ssl_verify_peer"):
+            cert = self.get_peer_cert()
+            if not self.ssl_verify_peer(cert):
+                from ..errors import PeerCertificateRejected
+                logger.warning("closing %r: ssl_verify_peer rejected the peer's certificate", self)
+                self._transport._close(PeerCertificateRejected(
+                    "ssl_verify_peer returned False for the peer's certificate"
+                    + ("" if cert else " (the peer sent none: a server must ask for one with "
+                       "verify_mode=CERT_OPTIONAL or CERT_REQUIRED)")))
+                return False
+        self.ssl_handshake_completed()
+        return True
+
     def _call_unbind(self, reason: Optional[BaseException]) -> None:
-        if _unbind_takes_reason(type(self)):
-            self.unbind(reason)
-        else:
-            self.unbind()  # type: ignore[call-arg]
+        if self._pg_reconnect is not None:
+            self._pg_reconnect.count(self)  # before unbind, so unbind sees the count
+        try:
+            if _unbind_takes_reason(type(self)):
+                self.unbind(reason)
+            else:
+                self.unbind()  # type: ignore[call-arg]
+        finally:
+            if self._pg_proxy is not None:  # a source that ends lets go of its target
+                stop_proxy(self._transport)
+            if self._pg_proxied_by:
+                target_ended(self)
+            if self._pg_reconnect is not None:
+                self._pg_reconnect.connection_ended(self)
 
     # ------------------------------------------------------------ methods
     def send_data(self, data: bytes) -> None:
@@ -156,19 +207,168 @@ class Connection(TimerMethods):
         self._transport.send(encode_object(obj, get_codec(self.object_codec)))
 
     def close_connection(self, after_writing: bool = False) -> None:
-        """Close now (queued data is dropped), or after the queue is flushed."""
+        """Close now (queued data is dropped), or after the queue is flushed.
+
+        Also stops a ``reconnect_policy``: a connection closed on purpose stays closed.
+        """
+        if self._pg_reconnect is not None:
+            self._pg_reconnect.stop()
         if after_writing:
             self._transport.close_when_flushed()
         else:
             self._transport._close(None)
 
     def close_connection_after_writing(self) -> None:
-        """Flush everything queued by ``send_data``, then close."""
+        """Flush everything queued by ``send_data``, then close (and stop a reconnect_policy)."""
+        if self._pg_reconnect is not None:
+            self._pg_reconnect.stop()
         self._transport.close_when_flushed()
+
+    def stop_reconnecting(self) -> None:
+        """End a ``reconnect_policy`` without closing the live connection."""
+        if self._pg_reconnect is not None:
+            self._pg_reconnect.stop()
+
+    @property
+    def reconnect_failures(self) -> int:
+        """Failed connection attempts in a row (with a ``reconnect_policy``)."""
+        return self._pg_reconnect.failures if self._pg_reconnect is not None else 0
+
+    def stream_file_data(self, path: Any, *, offset: int = 0, count: Optional[int] = None,
+                         callback: Optional[Callable[[Any], Any]] = None) -> Any:
+        """EventMachine's ``stream_file_data``: send a file, with backpressure; returns at once.
+
+        ``os.sendfile`` on plain sockets, chunked reads otherwise.  Returns a
+        ``gevent.event.AsyncResult`` set to the bytes sent (or the error);
+        ``callback(bytes_sent_or_error)`` runs in this connection's greenlet
+        (not at all once it has closed).  A missing file raises here.  Send nothing else until it completes.
+        """
+        return stream_file(self._transport, path, offset, count, callback)
+
+    #: EventMachine's name for sending a (small) file; here any size is streamed.
+    send_file_data = stream_file_data
+
+    def proxy_incoming_to(self, other: "Connection", bufsize: Optional[int] = None) -> None:
+        """EventMachine's ``proxy_incoming_to``: what this connection receives goes straight
+        out of ``other`` (not to ``receive_data``), read by the hub; this side stops reading
+        while ``other`` has more than ``bufsize`` bytes queued (default: its high watermark).
+        See :mod:`packet_gevent.net.proxy`."""
+        start_proxy(self._transport, other, bufsize)
+
+    def stop_proxying(self) -> None:
+        """EventMachine's ``stop_proxying``: received data goes to ``receive_data`` again."""
+        stop_proxy(self._transport)
+
+    def close_write(self) -> None:
+        """Half-close: once everything queued is written, shut down our sending side
+        (``shutdown(SHUT_WR)``: the peer reads EOF) and keep receiving.
+
+        Later ``send_data`` is dropped.  The connection closes when the peer
+        closes too (or on ``close_connection``).  Not for TLS connections.
+        """
+        self._transport.close_write()
+
+    #: Twisted's name (``ITCPTransport.loseWriteConnection``).
+    lose_write_connection = close_write
+
+    # Define ``eof_received(self)`` (or Twisted's ``read_connection_lost``) to
+    # keep a connection open after the peer's EOF (its half-close): it is
+    # called, in order after the data, instead of closing; the handler may go
+    # on writing and closes with close_connection_after_writing() or
+    # close_write() (then both directions are done and the connection closes).
 
     def get_peername(self) -> Any:
         """The peer's address (as ``socket.getpeername()``), or None if unknown."""
         return self._transport.peername
+
+    def start_tls(self, ssl_context: Any, *, server_side: Optional[bool] = None,
+                  server_hostname: Optional[str] = None,
+                  handshake_timeout: Optional[float] = None) -> bool:
+        """STARTTLS: switch this live plain connection to TLS (EventMachine's ``start_tls``).
+
+        Call it from a callback.  What ``send_data`` queued before is written
+        in the clear; the handshake then runs in this connection's greenlet
+        (it blocks only this connection; bounded by ``handshake_timeout``,
+        default the idle timeout, else the reactor's connect_timeout, else 60
+        s).  ``server_side`` defaults to True for accepted connections, False
+        for outgoing ones, whose ``server_hostname`` defaults to connect's
+        ``server_hostname``, else the host connected to.  Then ``ssl_verify_peer`` (if defined) and
+        ``ssl_handshake_completed`` run, and True is returned; on failure
+        the connection is closed (``unbind(the error)``) and False returned.
+        """
+        target = getattr(self, "_pg_target", None)
+        if server_side is None:
+            server_side = target is None
+        if server_hostname is None and not server_side and target is not None and target[1] is not None:
+            server_hostname = target[2].get("server_hostname") or target[0]
+        transport = self._transport
+        timeout = (handshake_timeout or transport.idle_timeout
+                   or getattr(self._reactor, "connect_timeout", None) or 60.0)
+        if not transport.start_tls(ssl_context, server_side, server_hostname, timeout):
+            return False
+        return self._pg_tls_established()
+
+    def get_peer_cert(self) -> Optional[str]:
+        """The peer's TLS certificate as PEM text (EventMachine's ``get_peer_cert``), or None.
+
+        None on a plain connection or when the peer sent no certificate; the
+        parsed dict is ``get_ssl_socket().getpeercert()``.
+        """
+        sock = self._transport.ssl_sock
+        if sock is None:
+            return None
+        der = sock.getpeercert(binary_form=True)
+        if not der:
+            return None
+        import ssl
+        return ssl.DER_cert_to_PEM_cert(der)
+
+    def get_ssl_socket(self) -> Any:
+        """The gevent SSLSocket of a TLS connection (``version()``, ``cipher()``...), or None."""
+        return self._transport.ssl_sock
+
+    # ------------------------------------------------------ socket options
+    def _pg_socket(self, what: str) -> Any:
+        transport = self._transport
+        sock = transport.ssl_sock or transport.sock
+        if sock is None or transport.state is CLOSED:
+            raise ReactorError(f"{what} needs the connection's socket, which {self!r} does not have "
+                               "(not connected yet, or closed): call it from connection_completed")
+        return sock
+
+    def set_sock_opt(self, level: int, optname: int, value: Any) -> None:
+        """EventMachine's ``set_sock_opt``: ``setsockopt(level, optname, value)`` on this socket."""
+        self._pg_socket("set_sock_opt").setsockopt(level, optname, value)
+
+    def get_sock_opt(self, level: int, optname: int, buflen: Optional[int] = None) -> Any:
+        """EventMachine's ``get_sock_opt``: ``getsockopt`` (an int, or bytes when ``buflen`` is given)."""
+        sock = self._pg_socket("get_sock_opt")
+        return sock.getsockopt(level, optname) if buflen is None else sock.getsockopt(level, optname, buflen)
+
+    def enable_keepalive(self, idle: Optional[int] = None, interval: Optional[int] = None,
+                         count: Optional[int] = None) -> None:
+        """EventMachine's ``enable_keepalive``: TCP keepalive probes after ``idle`` seconds of
+        silence, every ``interval`` seconds, ``count`` unanswered ones closing the connection
+        (``unbind`` with the OS's error).  None keeps the system default (Linux: 7200, 75, 9)."""
+        sock = self._pg_socket("enable_keepalive")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", count)):
+            if value is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), int(value))
+
+    def disable_keepalive(self) -> None:
+        self._pg_socket("disable_keepalive").setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
+
+    def get_sockname(self) -> Any:
+        """Our own address (as ``socket.getsockname()``), or None when there is no socket."""
+        transport = self._transport
+        sock = transport.ssl_sock or transport.sock
+        if sock is None or transport.state is CLOSED:
+            return None
+        try:
+            return sock.getsockname()
+        except OSError:
+            return None
 
     def get_outbound_data_size(self) -> int:
         """Bytes queued by ``send_data`` that the kernel has not taken yet."""

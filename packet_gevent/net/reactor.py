@@ -22,6 +22,7 @@ users import.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import signal
@@ -39,6 +40,10 @@ from ..errors import ReactorError, ReactorStopping
 from .server import Server, listener_for
 from ..timers import Timer, TimerMethods
 from .transport import CALLBACK_ERRORS, CLOSED, OPEN, raw_socket_from
+from .reconnect import ReconnectPolicy, Reconnector
+from .threads import call_from_thread
+from .udp import open_datagram_socket
+from .watch import watch as watch_fd
 
 __all__ = ["Reactor", "Service"]
 
@@ -209,19 +214,32 @@ class Reactor(TimerMethods):
         conn._transport.attach(tls, ssl_sock=tls)
         conn._pg_completed()
 
+    # --------------------------------------------------------------- UDP
+    def open_datagram_socket(self, host: str, port: int, handler: Any,
+                             on_instance: Optional[Callable[[Any], Any]] = None) -> Any:
+        """EventMachine's ``open_datagram_socket``: a UDP socket bound now, as a connection.
+
+        Returns the handler instance (``get_sockname()`` gives the port picked
+        for port 0).  See :mod:`packet_gevent.net.udp`.
+        """
+        return open_datagram_socket(self, host, port, handler, on_instance)
+
     # --------------------------------------------------------- connecting
     def connect(self, host: Any, port: Optional[int], handler: Any,
                 on_instance: Optional[Callable[[Any], Any]] = None, *,
                 connect_timeout: Optional[float] = None,
                 ssl_context: Optional[_ssl.SSLContext] = None,
                 server_hostname: Optional[str] = None,
-                idle_timeout: Optional[float] = None) -> Any:
+                idle_timeout: Optional[float] = None,
+                reconnect_policy: Any = None) -> Any:
         """Open an outgoing connection; returns the handler instance at once.
 
         The connect (and DNS, through gevent's resolver) happens in the
         background.  On failure ``unbind(reason)`` is called without
         ``connection_completed`` and ``instance.connect_error`` holds the reason.
         ``port=None`` connects to the UNIX socket path ``host``.
+        ``reconnect_policy`` (a :class:`~packet_gevent.net.reconnect.ReconnectPolicy`,
+        or True for its defaults) connects again with back-off whenever it ends.
         """
         if isinstance(handler, type) or not isinstance(handler, Connection):
             conn = as_connection_class(handler)()
@@ -236,6 +254,8 @@ class Reactor(TimerMethods):
         transport = conn._pg_setup(self, on_instance,
                                    idle_timeout=idle_timeout if idle_timeout is not None else self.idle_timeout)
         conn._pg_target = (host, port, options)
+        if reconnect_policy is not None:
+            conn._pg_reconnect = Reconnector(self, host, port, ReconnectPolicy.coerce(reconnect_policy))
         self.connections[conn.signature] = conn
         if self._stopping:
             # A connection opened now would outlive the reactor: refuse it the
@@ -345,6 +365,18 @@ class Reactor(TimerMethods):
         """Run ``fn(*args)`` once, on the next loop iteration, in a greenlet of its own."""
         self.hub.loop.run_callback(self._dispatch, fn, args)
 
+    def call_from_thread(self, fn: Callable[..., Any], *args: Any) -> "concurrent.futures.Future[Any]":
+        """Run ``fn(*args)`` on this reactor's hub from ANY thread (the one thread-safe method).
+
+        It runs on the next loop turn, in a greenlet of its own (it may block,
+        and may call any reactor or connection method: ``conn.send_data``,
+        ``reactor.stop``, ``reactor.deliver(signature, fn)`` to run in a
+        connection's greenlet).  Returns a ``concurrent.futures.Future`` with its
+        result or exception; wait on it from the other thread, never from the
+        reactor's own (it would wait for itself).
+        """
+        return call_from_thread(self.hub, fn, args)
+
     def _timer(self, seconds: float, fn: Callable[..., Any], args: tuple, *, periodic: bool) -> Timer:
         timer = Timer(self.hub.loop, seconds, fn, args, periodic=periodic,
                       dispatch=self._dispatch, on_done=self._timers.discard)
@@ -354,12 +386,75 @@ class Reactor(TimerMethods):
     def _dispatch(self, fn: Callable[..., Any], args: tuple) -> None:
         gevent.spawn_raw(self._run_logged, fn, args)
 
-    @staticmethod
-    def _run_logged(fn: Callable[..., Any], args: tuple) -> None:
+    def _run_logged(self, fn: Callable[..., Any], args: tuple) -> None:
         try:
             fn(*args)
+        except CALLBACK_ERRORS as exc:
+            if self._error_handler is None:
+                logger.exception("timer callback %r raised", fn)
+            else:
+                self._report_error(exc, None)
+
+    # ------------------------------------------------------- error handler
+    _error_handler: Optional[Callable[[BaseException, Any], Any]] = None
+
+    def error_handler(self, fn: Optional[Callable[[BaseException, Any], Any]] = None) -> Any:
+        """EventMachine's ``EM.error_handler``: ``fn(error, connection)`` gets every exception
+        escaping a connection callback (``connection`` the handler; its connection still
+        ends with ``unbind(error)``) or a reactor timer / next_turn (``connection`` None),
+        instead of the error log line.  It runs where the callback ran and should not block.
+        ``error_handler(None)`` goes back to logging.  Usable as a decorator.
+        """
+        if fn is not None and not callable(fn):
+            raise TypeError(f"error_handler needs a callable (or None), got {fn!r}")
+        self._error_handler = fn
+        return fn
+
+    def _report_error(self, exc: BaseException, conn: Any) -> None:
+        handler = self._error_handler
+        try:
+            handler(exc, conn)
         except CALLBACK_ERRORS:
-            logger.exception("timer callback %r raised", fn)
+            logger.exception("error_handler %r raised while handling %r (from %r)", handler, exc, conn)
+
+    # --------------------------------------------------------------- watch
+    def watch(self, fd: Any, handler: Any, on_instance: Optional[Callable[[Any], Any]] = None) -> Any:
+        """EventMachine's ``EM.watch``: readiness callbacks for a descriptor the caller owns.
+
+        ``conn.set_notify_readable(True)`` / ``set_notify_writable(True)`` turn on
+        ``notify_readable()`` / ``notify_writable()``; ``detach()`` stops (the fd stays
+        open).  See :mod:`packet_gevent.net.watch`.
+        """
+        return watch_fd(self, fd, handler, on_instance)
+
+    # -------------------------------------------------------------- attach
+    def attach(self, sock: Any, handler: Any, on_instance: Optional[Callable[[Any], Any]] = None) -> Any:
+        """EventMachine's ``EM.attach``: drive an existing connected stream socket as a connection.
+
+        ``sock`` is a socket object (stdlib or gevent) or a file descriptor; the
+        connection takes it over (closes it at the end; pass ``os.dup(fd)`` to
+        keep yours).  Returns the handler instance; callbacks as for an
+        accepted connection (``post_init``, ``connection_completed``...).
+        """
+        import socket as _stdsocket
+        if self._stopping:
+            raise ReactorStopping("the reactor is stopping: it attaches no new connections")
+        if isinstance(sock, int):
+            sock = _stdsocket.socket(fileno=sock)
+        if sock.type != _stdsocket.SOCK_STREAM:
+            raise ValueError(f"attach needs a connected stream socket, got {sock!r} "
+                             "(for UDP use open_datagram_socket)")
+        conn = as_connection_class(handler)()
+        raw = raw_socket_from(sock)
+        transport = conn._pg_setup(self, on_instance, idle_timeout=self.idle_timeout)
+        try:
+            transport.peername = raw.getpeername() or None
+        except OSError:
+            transport.peername = None
+        self.connections[conn.signature] = conn
+        transport.attach(raw)
+        transport.start(conn._pg_started)
+        return conn
 
     # ------------------------------------------------------------ services
     def add_service(self, service: Service) -> Service:

@@ -36,6 +36,7 @@ import _socket
 import greenlet
 import gevent
 import gevent.event
+import gevent.socket
 from gevent.monkey import get_original
 
 logger = logging.getLogger("packet_gevent.net.connection")
@@ -86,7 +87,7 @@ class Transport:
         "low_water", "writing_paused", "close_after_writing", "wake_pending",
         "timers", "on_data", "peername", "idle_timeout", "idle_timer",
         "last_activity", "writer_event", "unbind_done", "tls_resume", "tls_handled", "in_hub",
-        "direct_send",
+        "direct_send", "write_shut", "read_eof", "drain_waiter",
     )
 
     def __init__(self, conn: Any, reactor: Any) -> None:
@@ -129,6 +130,14 @@ class Transport:
         #: True while send() may write straight to the socket (open, plain,
         #: no close pending): one flag test on the hot path.
         self.direct_send = False
+        #: Half-close: 0 open for writing, 1 close_write() waits for the queue
+        #: to drain, 2 shut down (SHUT_WR sent).
+        self.write_shut = 0
+        #: The peer's EOF arrived and the handler keeps the connection open.
+        self.read_eof = False
+        #: An Event set when the queue drains to the low watermark (or the
+        #: connection closes): how a file streamer waits (net/sendfile.py).
+        self.drain_waiter = None
 
     def _init_actor(self) -> None:
         """Give the connection what runs its callbacks (a subclass may share one)."""
@@ -236,9 +245,13 @@ class Transport:
             self._invoke(item)
 
     def _callback_failed(self, fn: Any, exc: BaseException) -> None:
-        """A user callback raised: log it with its traceback, end this connection."""
-        logger.error("callback %s of %r raised; closing the connection",
-                     getattr(fn, "__name__", fn), self.conn, exc_info=exc)
+        """A user callback raised: log it with its traceback (or hand it to the reactor's
+        error_handler), end this connection."""
+        if getattr(self.reactor, "_error_handler", None) is None:
+            logger.error("callback %s of %r raised; closing the connection",
+                         getattr(fn, "__name__", fn), self.conn, exc_info=exc)
+        else:
+            self.reactor._report_error(exc, self.conn)
         self._close(exc)
 
     def _run_unbind(self) -> None:
@@ -398,7 +411,7 @@ class Transport:
     def _send_slow(self, data: bytes) -> None:
         # While CONNECTING (send_data from post_init) data is queued and
         # flushed by attach(), as EventMachine does.
-        if self.state is CLOSED or self.close_after_writing:
+        if self.state is CLOSED or self.close_after_writing or self.write_shut:
             logger.debug("send_data on closed connection %r dropped (%d bytes)",
                          self.conn, len(data))
         elif data:
@@ -465,11 +478,15 @@ class Transport:
         outbuf.appendleft(b"".join(parts))
 
     def _after_write(self) -> None:
+        if self.drain_waiter is not None and self.out_size <= self.low_water:
+            self.drain_waiter.set()
         if self.writing_paused and self.out_size <= self.low_water:
             self.writing_paused = False
             self.post(self.conn.resume_writing)
         if self.close_after_writing and not self.outbuf and not self.out_size:
-            self._close(None)
+            self._close(self.reason)
+        elif self.write_shut == 1 and not self.out_size:
+            self._shutdown_write()
 
     def _tls_writer(self) -> None:
         event = self.writer_event
@@ -486,20 +503,129 @@ class Transport:
                 self.out_size -= len(chunk)
                 self._after_write()
 
-    def close_when_flushed(self) -> None:
+    def close_when_flushed(self, reason: Optional[BaseException] = None) -> None:
+        """Close once the queue is written; ``unbind`` then gets ``reason``."""
         if self.state is CLOSED:
             return
         self.close_after_writing = True
         self.direct_send = False
+        if reason is not None and self.reason is None:
+            self.reason = reason  # kept by _after_write's close
         # out_size, not outbuf: the TLS writer pops a chunk before its sendall
         # and counts it as sent only after; closing then would cut that chunk.
         if not self.out_size:
+            self._close(self.reason)
+
+    # ------------------------------------------------------------ STARTTLS
+    def start_tls(self, context: Any, server_side: bool, server_hostname: Optional[str],
+                  timeout: Optional[float]) -> bool:
+        """Switch this live plain connection to TLS (STARTTLS), in its own greenlet.
+
+        What was queued before is written in the clear first; then the
+        handshake runs (blocking this greenlet only, bounded by ``timeout``)
+        and the connection goes on through the TLS reader and writer
+        greenlets, like one that was TLS from the start.  On failure the
+        connection is closed with the error as reason and False is returned.
+        """
+        from ..errors import ReactorError
+        from gevent.socket import wait_write
+        from gevent.ssl import SSLSocket
+        if self.ssl_sock is not None:
+            raise ReactorError(f"{self.conn!r} already speaks TLS")
+        if self.state is not OPEN or self.sock is None:
+            raise ReactorError(f"start_tls needs a live connection ({self.conn!r} is {self.state}): "
+                               "call it from connection_completed or a later callback")
+        if self.in_hub or _getcurrent() is not self.greenlet:
+            raise ReactorError("start_tls runs the handshake in the connection's greenlet: call it "
+                               "from one of its callbacks (not from a run_in_hub handler)")
+        self.direct_send = False  # from now on send() queues; the TLS writer will flush
+        self.read_watcher.stop()  # the handshake reads the socket from here on
+        try:
+            while self.outbuf and self.state is OPEN:  # the plain reply to "STARTTLS" first
+                wait_write(self.fd, timeout)
+                self._on_writable()
+        except OSError as exc:  # socket.timeout too
+            self._close(exc)
+            return False
+        if self.state is not OPEN:
+            return False
+        for watcher in (self.read_watcher, self.write_watcher):
+            watcher.close()
+        self.read_watcher = self.write_watcher = None
+        self.busy_stopped = False
+        raw = self.sock
+        gsock = self.sock = gevent.socket.socket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+        gsock.settimeout(timeout)
+        try:
+            tls = SSLSocket(sock=gsock, server_side=server_side, _context=context,
+                            server_hostname=server_hostname)
+        except CALLBACK_ERRORS as exc:
+            logger.debug("start_tls on %r failed: %r", self.conn, exc)
+            self._close(exc)  # closes gsock
+            return False
+        except BaseException:  # killed by a reactor stop: give the fd back
             self._close(None)
+            raise
+        if self.state is not OPEN:  # closed during the handshake
+            tls.close()
+            return False
+        tls.settimeout(None)
+        self.sock = self.ssl_sock = tls
+        self.writer_event = gevent.event.Event()
+        if self.outbuf:
+            self.writer_event.set()
+        gevent.spawn(self._tls_reader)
+        gevent.spawn(self._tls_writer)
+        return True
+
+    # ----------------------------------------------------------- half-close
+    def close_write(self) -> None:
+        """Shut down our sending side (SHUT_WR) once the queue is written; keep reading."""
+        if self.state is CLOSED or self.write_shut:
+            return
+        from ..errors import ReactorError
+        if self.state is not OPEN:
+            raise ReactorError(f"close_write needs a live connection ({self.conn!r} is still "
+                               f"{self.state}): call it from connection_completed or later")
+        if self.ssl_sock is not None:
+            raise ReactorError("close_write is not available on a TLS connection (a TCP "
+                               "half-close would cut the TLS stream): use close_connection_after_writing")
+        self.write_shut = 1
+        self.direct_send = False
+        if not self.out_size:
+            self._shutdown_write()
+
+    def _shutdown_write(self) -> None:
+        self.write_shut = 2
+        if self.read_eof:  # both directions are done
+            self._close(None)
+            return
+        try:
+            self.sock.shutdown(_stdlib_socket.SHUT_WR)
+        except OSError as exc:
+            self._abort(exc)
+
+    def _peer_eof(self) -> bool:
+        """The peer's EOF: keep the connection open for writing if the handler asks to."""
+        conn = self.conn
+        handler = getattr(conn, "eof_received", None) or getattr(conn, "read_connection_lost", None)
+        if handler is None or self.write_shut == 2:
+            return False
+        self.read_eof = True
+        if self.read_watcher is not None:  # an fd at EOF stays readable: stop watching it
+            self.read_watcher.stop()
+            self.read_watcher.close()
+            self.read_watcher = None
+        self.busy_stopped = False
+        self.post(handler)
+        return True
 
     # ------------------------------------------------------------- closing
     def _abort(self, reason: Optional[BaseException]) -> None:
         """The peer or the OS ended the connection (EOF when reason is None)."""
         if self.state is CLOSED:
+            return
+        if reason is None and self.state is OPEN and self._peer_eof():
             return
         if reason is not None and not isinstance(reason, _CONNECTION_RESET):
             logger.debug("connection %r failed: %r", self.conn, reason)
@@ -521,6 +647,8 @@ class Transport:
             timer.cancel()
         self.outbuf.clear()
         self.out_size = 0
+        if self.drain_waiter is not None:
+            self.drain_waiter.set()
         if self.ssl_sock is not None:
             self.writer_event.set()
             if self.tls_handled is not None:
