@@ -39,7 +39,6 @@ Linux VM, three quiet runs):
 from __future__ import annotations
 
 import io
-import logging
 from typing import Callable, Iterable, List, Optional, Union, overload
 
 from .errors import FrameError, FrameTooLarge
@@ -54,8 +53,6 @@ __all__ = [
     "FrameDecoder",
     "BinParser",
 ]
-
-logger = logging.getLogger(__name__)
 
 BytesLike = Union[bytes, bytearray, memoryview]
 

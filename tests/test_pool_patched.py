@@ -1,8 +1,8 @@
 """ForkPool under gevent.monkey.patch_all(), each scenario in a fresh interpreter.
 
 Patched, the stdlib's own waiting (threading.Condition, concurrent.futures.wait)
-becomes cooperative and ``os.close`` is deferred by gevent (trap 2 of
-fork-under-gevent.md): crashes must still be noticed and nothing may hang.
+becomes cooperative and ``os.close`` is deferred by gevent to the next loop
+pass: crashes must still be noticed and nothing may hang.
 """
 from tests.conftest import run_script
 

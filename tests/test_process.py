@@ -1,5 +1,5 @@
-"""Tests for packet_gevent.ipc.process: real forks, real socketpairs, every trap of
-fork-under-gevent.md that a test can show, also under gevent.monkey.patch_all()."""
+"""Tests for packet_gevent.ipc.process: real forks, real socketpairs, each hazard of forking
+under gevent that its docstring lists and a test can show, also under gevent.monkey.patch_all()."""
 from __future__ import annotations
 
 import os

@@ -170,3 +170,10 @@ def test_worker_root_setting_for_packet_users_via_reactor_run(tmp_path):
     result = run_script(code, timeout=30)
     assert result.returncode == 0, result.stderr
     assert "replies ['pong']" in result.stdout
+
+
+def test_one_camel_case_rule_for_worker_files_and_proxy_names():
+    from packet_gevent.workers.worker import camel_name, snake_name
+    assert camel_name("foo_handler") == "FooHandler" == camel_name("FooHandler")
+    assert camel_name("http_APIClient") == "HttpAPIClient"
+    assert camel_name(snake_name("EvalWorker")) == "EvalWorker"

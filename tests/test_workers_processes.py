@@ -122,7 +122,7 @@ SCENARIOS = """
     wait_for(lambda: proc_gone(reply["pid"]), message="the deleted worker to exit")
     # SIGKILL with requests in flight: one error each, then the worker is back.
     # Under patch_all, gevent defers os.close: a leaked sibling channel end
-    # would hold the EOF back and these replies would never come (trap 2).
+    # would hold the EOF back and these replies would never come.
     pid = reactor.workers.pids("echo_worker")[0]
     for _ in range(3):
         client.ask("echo_worker", ["sleep", 30])

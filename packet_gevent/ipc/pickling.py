@@ -135,9 +135,9 @@ def oob_pickler_class(base: type = pickle.Pickler) -> type:
     if cls is None:
         class cls(base):  # type: ignore[no-redef, valid-type, misc]
             def __init__(self, file: io.BytesIO, collector: Any) -> None:
-                # The buffer callback must not hold the pickler: that cycle kept
-                # each message's pickler, collector and buffers (a 16 MiB payload)
-                # alive until a gc pass, so malloc could not reuse the memory.
+                # The buffer callback must not hold the pickler: a cycle would keep
+                # each message's pickler, collector and buffers alive until a gc
+                # pass, and malloc could not reuse a big payload's memory.
                 box = [collector]
                 super().__init__(file, 5, buffer_callback=lambda buf: box[0].buffer(buf))
                 self._box = box

@@ -20,7 +20,7 @@ from typing import Dict, Iterable, List, Optional, Tuple, Type
 
 from ..errors import WorkerLoadError
 from .pimp import Pimp, find_pimp_class
-from .worker import Worker
+from .worker import Worker, camel_name
 
 __all__ = ["load_worker_root", "find_proxy_class"]
 
@@ -82,10 +82,6 @@ def find_proxy_class(cls: type, modules: Iterable[Optional[types.ModuleType]] = 
         raise WorkerLoadError(f"worker {name!r}: {exc}") from None
 
 
-def _camel(stem: str) -> str:
-    return "".join(part[:1].upper() + part[1:] for part in stem.split("_"))
-
-
 def _import_file(package_name: str, filepath: str) -> types.ModuleType:
     stem = os.path.basename(filepath)[:-3]
     name = f"{package_name}.{stem}"
@@ -107,7 +103,7 @@ def _import_file(package_name: str, filepath: str) -> types.ModuleType:
 
 
 def _worker_classes(module: types.ModuleType, stem: str, filepath: str) -> List[type]:
-    by_rule = getattr(module, _camel(stem), None)
+    by_rule = getattr(module, camel_name(stem), None)
     if isinstance(by_rule, type) and issubclass(by_rule, Worker) and by_rule is not Worker:
         return [by_rule]
     defined = [value for value in vars(module).values()
@@ -115,7 +111,7 @@ def _worker_classes(module: types.ModuleType, stem: str, filepath: str) -> List[
                and value.__module__ == module.__name__]
     if not defined:
         raise WorkerLoadError(f"{filepath} defines no worker class: expected "
-                              f"'class {_camel(stem)}(packet_gevent.Worker)' (Packet's rule: "
-                              f"{stem}.py defines {_camel(stem)}) or another Worker subclass; "
+                              f"'class {camel_name(stem)}(packet_gevent.Worker)' (Packet's rule: "
+                              f"{stem}.py defines {camel_name(stem)}) or another Worker subclass; "
                               f"put helper modules in files starting with '_'")
     return defined

@@ -27,6 +27,8 @@ import itertools
 import logging
 from typing import Any, Callable, Dict, Type
 
+from .worker import camel_name
+
 __all__ = ["Pimp", "MetaPimp", "Callback", "find_pimp_class"]
 
 logger = logging.getLogger(__name__)
@@ -170,8 +172,7 @@ def find_pimp_class(proxy: Any, modules: Any = ()) -> Type[Pimp]:
             return proxy
         raise TypeError(f"worker_proxy {proxy!r} is not a subclass of packet_gevent.Pimp")
     name = str(proxy)
-    class_name = "".join(part.capitalize() for part in name.split("_")) if "_" in name or \
-        name.islower() else name
+    class_name = camel_name(name)
     for module in modules:
         candidate = getattr(module, class_name, None)
         if isinstance(candidate, type) and issubclass(candidate, Pimp):

@@ -51,6 +51,7 @@ class WorkerProcess:
         self.per_conn: collections.Counter = collections.Counter()  # conn signature -> count
         self.started_at = gevent.get_hub().loop.now()
         self.dead = False        # finish() ran
+        self._closing = False    # the manager's own "no new requests" mark
         self.link = ChildLink(self.child, self.channel, f"worker {group.label}",
                               on_message=lambda item: on_message(self, item),
                               on_gone=lambda: on_dead(self))
@@ -60,8 +61,13 @@ class WorkerProcess:
 
     @property
     def closing(self) -> bool:
-        """Takes no new requests: told to stop, or its EOF or exit was seen."""
-        return self.link.expecting_exit or self.link.over
+        """Takes no new requests: told to stop, marked closing, or its EOF or exit was seen."""
+        link = self.link
+        return self._closing or link.expecting_exit or link.eof or link.exited
+
+    @closing.setter
+    def closing(self, value: bool) -> None:
+        self._closing = value
 
     @property
     def stopping(self) -> bool:

@@ -57,6 +57,15 @@ _CLOSED = object()   # in the worker's inbox: the channel closed (payload: None 
 
 
 
+def camel_name(snake: str) -> str:
+    """``foo_worker`` -> ``FooWorker``: Packet's rule from a file or proxy name to its class.
+
+    Inner capitals are kept (``http_APIClient`` -> ``HttpAPIClient``); a name
+    that already is CamelCase comes back as it is.
+    """
+    return "".join(part[:1].upper() + part[1:] for part in snake.split("_"))
+
+
 def snake_name(class_name: str) -> str:
     """``FooWorker`` -> ``foo_worker`` (Packet's naming rule, reversed)."""
     words = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", class_name)   # HTTPFetch -> HTTP_Fetch
