@@ -1,0 +1,6 @@
+"""HTTP on the reactor: a WSGI server (Packet's Mongrel), sans-IO request parsing, offload.
+
+Layering: this package sits above the reactor layer and the pool; it may
+import ``net``, ``pool``, ``ipc`` and the ``packet`` façade, and nothing below
+imports it.
+"""
