@@ -1,0 +1,497 @@
+"""The WSGI server: one :class:`HTTPConnection` per client on a Reactor, the app in its greenlet.
+
+::
+
+    from packet_gevent.http import WSGIServer
+    server = WSGIServer(app, "127.0.0.1", 8000)
+    server.serve_forever()          # until SIGINT/SIGTERM; graceful
+
+Each connection is a reactor :class:`~packet_gevent.Connection`.  Bytes go
+through the sans-IO parser (:mod:`.parser`); each complete request head runs
+the app right away, in the connection's greenlet, so the app may block
+cooperatively.  Requests are answered one at a time in arrival order
+(pipelining).  The body is not read before the app asks for it
+(:mod:`.body`): while the app runs the reactor does not read the socket, so
+an unread upload stays in the kernel and TCP pushes back on the client.
+Responses go out through the connection's queue; past its high watermark
+(``pause_writing``) the app's iterator is not advanced until the queue drains
+below the low watermark, so a slow reader costs at most ~64 KiB here.
+
+Time limits: ``header_timeout`` from the first byte of a request head to its
+end (slowloris: 408 and close), ``keepalive_timeout`` for an idle connection
+(the reactor's idle timeout), ``body_timeout`` for each wait on body bytes
+(408), ``send_timeout`` for each wait on a client that does not read.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from urllib.parse import unquote_to_bytes
+
+from ..errors import ClientDisconnected, HTTPRequestError
+from ..net.connection import Connection
+from ..net.server import Server
+from .body import FileWrapper, RequestBody, SocketIO
+from .parser import END, Limits, RequestHead, make_parser, split_target
+
+__all__ = ["WSGIServer", "HTTPConnection", "ServerOptions", "serve"]
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("packet_gevent.http.access")
+
+WSGIApp = Callable[[Dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+@dataclass
+class ServerOptions:
+    """Settings of a WSGI server (defaults in brackets are the documented ones)."""
+
+    #: Request limits (see :class:`~.parser.Limits`).
+    limits: Limits = field(default_factory=Limits)
+    #: "httptools" or "h11"; None: httptools when installed.
+    backend: Optional[str] = None
+    #: Seconds from the first byte of a request head to its end [10].
+    header_timeout: float = 10.0
+    #: Seconds an idle keep-alive connection is kept [5].
+    keepalive_timeout: float = 5.0
+    #: Seconds the app waits for the next piece of a request body [30].
+    body_timeout: float = 30.0
+    #: Seconds a response waits for a client that does not read [30].
+    send_timeout: float = 30.0
+    #: Concurrent connections; more wait in the listen backlog [1000].
+    max_connections: Optional[int] = 1000
+    #: Unread request body drained (and dropped) to keep a connection alive [64 KiB].
+    max_discard: int = 65536
+    #: Log one line per request on the "packet_gevent.http.access" logger.
+    access_log: bool = False
+    #: Outbound queue watermarks (asyncio's defaults).
+    high_water: int = 65536
+    low_water: int = 16384
+    #: ``wsgi.multiprocess`` (True under ``--processes N``).
+    multiprocess: bool = False
+
+
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_date_cache: List[Any] = [0, b""]
+
+
+def _date_header() -> bytes:
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = b"Date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n"
+    return _date_cache[1]
+
+
+def error_response(status: int, message: str = "") -> bytes:
+    """A complete plain-text answer that closes the connection."""
+    body = (message or _REASONS.get(status, "Error")).encode("utf-8", "replace") + b"\n"
+    return (b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Error").encode("ascii"))
+            + _date_header()
+            + b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+              b"Connection: close\r\n\r\n" % len(body) + body)
+
+
+#: Request header names already turned into their environ keys.
+_ENVIRON_KEYS: Dict[bytes, Optional[str]] = {}
+
+
+def _environ_key(name: bytes) -> Optional[str]:
+    key = _ENVIRON_KEYS.get(name)
+    if key is None and name not in _ENVIRON_KEYS:
+        text = name.decode("latin-1")
+        if "_" in text:
+            # X_Forwarded_For and X-Forwarded-For would both become
+            # HTTP_X_FORWARDED_FOR: drop the underscore spelling (gunicorn does too).
+            key = None
+        else:
+            key = text.upper().replace("-", "_")
+            if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                key = "HTTP_" + key
+        if len(_ENVIRON_KEYS) < 1000:
+            _ENVIRON_KEYS[name] = key
+    return key
+
+
+class _Response:
+    """start_response, write() and the framing of one response."""
+
+    __slots__ = ("conn", "head", "status", "headers", "headers_sent", "chunked", "keep_alive",
+                 "content_length", "no_body", "sent_bytes", "code")
+
+    def __init__(self, conn: "HTTPConnection", head: RequestHead) -> None:
+        self.conn = conn
+        self.head = head
+        self.status: Optional[str] = None
+        self.headers: List[Tuple[str, str]] = []
+        self.headers_sent = False
+        self.chunked = False
+        self.keep_alive = head.keep_alive
+        self.content_length: Optional[int] = None
+        self.no_body = head.method == "HEAD"
+        self.sent_bytes = 0
+        self.code = 0
+
+    def start_response(self, status: str, headers: List[Tuple[str, str]],
+                       exc_info: Any = None) -> Callable[[bytes], None]:
+        if exc_info:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response called twice without exc_info")
+        if status.__class__ is not str or "\n" in status or "\r" in status:
+            raise ValueError(f"bad WSGI status {status!r}")
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    def _head_bytes(self, single: Optional[bytes]) -> bytes:
+        if self.status is None:
+            raise AssertionError("the WSGI app returned without calling start_response")
+        code = self.code = int(self.status[:3])
+        parts = [b"HTTP/1.1 ", self.status.encode("latin-1"), b"\r\n", _date_header()]
+        length = None
+        for name, value in self.headers:
+            if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
+                raise ValueError(f"response header {name!r} contains a line break")
+            lname = name.lower()
+            if lname == "content-length":
+                length = int(value)
+                continue  # written below (dropped for bodyless statuses)
+            elif lname == "connection":
+                if "close" in value.lower():
+                    self.keep_alive = False
+                continue  # the server decides
+            elif lname == "transfer-encoding":
+                continue  # the server frames the body
+            parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+        bodyless = code < 200 or code in (204, 304)
+        if bodyless:
+            self.no_body = True
+        elif length is None and single is not None:
+            length = len(single)
+        if length is not None and not bodyless:
+            parts.append(b"Content-Length: %d\r\n" % length)
+        elif not bodyless and not self.no_body:
+            if self.head.version == "1.1":
+                self.chunked = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # the end of the body is the close
+        self.content_length = length
+        if not self.keep_alive:
+            parts.append(b"Connection: close\r\n")
+        elif self.head.version == "1.0":
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def write(self, data: bytes) -> None:
+        """WSGI's write(): send a piece of the body (headers first)."""
+        if data.__class__ is not bytes:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"a WSGI body must be bytes, got {type(data).__name__}")
+            data = bytes(data)
+        conn = self.conn
+        if not self.headers_sent:
+            head = self._head_bytes(None)
+            self.headers_sent = True
+            conn.send_data(head)
+        if not data or self.no_body:
+            return
+        self.sent_bytes += len(data)
+        if self.chunked:
+            conn.send_data(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            conn.send_data(data)
+        if conn._write_paused:
+            conn.socket_io.wait_drained(conn.low_water, conn.options.send_timeout)
+
+    def send_single(self, data: bytes) -> None:
+        """The whole body in one piece: one send for head and body."""
+        head = self._head_bytes(data)
+        self.headers_sent = True
+        if self.no_body or not data:
+            self.conn.send_data(head)
+        else:
+            self.sent_bytes = len(data)
+            if self.chunked:
+                data = b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)
+                self.chunked = False
+            self.conn.send_data(head + data)
+
+    def finish(self) -> None:
+        if not self.headers_sent:
+            self.send_single(b"")
+        elif self.chunked:
+            self.conn.send_data(b"0\r\n\r\n")
+        if self.content_length is not None and self.sent_bytes != self.content_length \
+                and not self.no_body:
+            logger.warning("app sent %d body bytes for Content-Length %d; closing the connection",
+                           self.sent_bytes, self.content_length)
+            self.keep_alive = False
+
+
+class HTTPConnection(Connection):
+    """One HTTP client.  A server subclasses it with ``app``, ``options``, ``base_environ``."""
+
+    app: WSGIApp
+    options: ServerOptions = ServerOptions()
+    base_environ: Dict[str, Any] = {}
+
+    def post_init(self) -> None:
+        options = self.options
+        self._parser = make_parser(options.backend, options.limits)
+        self._events = self._parser.events
+        self._header_timer: Any = None
+        self._write_paused = False
+        self._refused = False
+        self.low_water = options.low_water
+        self.set_write_watermarks(options.high_water, options.low_water)
+        self.socket_io = SocketIO(self)
+
+    # -- reactor callbacks -------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        parser = self._parser
+        try:
+            parser.feed(data)
+        except HTTPRequestError as exc:
+            self._process()  # answer the good requests before the bad one, in order
+            self._refuse(exc)
+            return
+        if self._events:
+            self._process()
+        if parser.in_head and self._header_timer is None and self.connected:
+            self._header_timer = self.add_timer(self.options.header_timeout,
+                                                self._on_header_timeout)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+
+    def unbind(self, reason: Optional[BaseException] = None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    # -- requests ----------------------------------------------------------------------
+    def _process(self) -> None:
+        events = self._events
+        while events and self.connected:
+            event = events.popleft()
+            if event.__class__ is not RequestHead:
+                continue  # the rest of a body the app did not read: drained below
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+            if not self._handle(event):
+                events.clear()
+                self.close_connection_after_writing()
+                return
+
+    def _on_header_timeout(self) -> None:
+        self._header_timer = None
+        if self._parser.in_head and self.connected:
+            logger.info("%r: request head not complete after %.1f s (header_timeout); closing",
+                        self, self.options.header_timeout)
+            self.send_data(error_response(408, "request head not received in time"))
+            self.close_connection_after_writing()
+
+    def _refuse(self, exc: HTTPRequestError) -> None:
+        if not self.connected or self._refused:
+            return
+        self._refused = True
+        logger.info("%r: refused a request with %d: %s", self, exc.status, exc)
+        self.send_data(error_response(exc.status, str(exc)))
+        self.close_connection_after_writing()
+
+    def _environ(self, head: RequestHead, body: RequestBody) -> Dict[str, Any]:
+        environ = self.base_environ.copy()
+        path, query = split_target(head.target)
+        if b"%" in path:
+            path = unquote_to_bytes(path)
+        environ["REQUEST_METHOD"] = head.method
+        environ["PATH_INFO"] = path.decode("latin-1")
+        environ["QUERY_STRING"] = query.decode("latin-1")
+        environ["SERVER_PROTOCOL"] = "HTTP/" + head.version
+        peer = self.get_peername()
+        if isinstance(peer, tuple):
+            environ["REMOTE_ADDR"] = peer[0]
+            environ["REMOTE_PORT"] = str(peer[1])
+        environ["wsgi.input"] = body
+        environ["packet_gevent.connection"] = self
+        for name, value in head.headers:
+            key = _environ_key(name)
+            if key is None:
+                continue
+            text = value.decode("latin-1")
+            if key in environ and key.startswith("HTTP_"):
+                environ[key] += "," + text
+            else:
+                environ[key] = text
+        return environ
+
+    def _handle(self, head: RequestHead) -> bool:
+        """Run the app for one request; True if the connection may carry another."""
+        body = RequestBody(self, head)
+        response = _Response(self, head)
+        environ = self._environ(head, body)
+        try:
+            result = self.app(environ, response.start_response)
+            try:
+                if result.__class__ is list and len(result) == 1 and not response.headers_sent:
+                    response.send_single(result[0])
+                elif isinstance(result, FileWrapper) and not response.headers_sent:
+                    self.socket_io.send_file_response(response, result)
+                else:
+                    for chunk in result:
+                        if chunk:
+                            response.write(chunk)
+                response.finish()
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+        except ClientDisconnected as exc:
+            logger.debug("%r: client gone during %s %r: %s", self, head.method, head.target, exc)
+            self.close_connection()
+            return False
+        except HTTPRequestError as exc:  # the body turned out bad (too big, malformed, too slow)
+            if response.headers_sent:
+                self.close_connection()
+            else:
+                self._refuse(exc)
+            return False
+        except Exception:
+            logger.exception("WSGI app raised on %s %r", head.method, head.target)
+            if not self.connected:
+                return False
+            if response.headers_sent:
+                self.close_connection()  # the client sees a cut response, not a wrong one
+            else:
+                self.send_data(error_response(500))
+            return False
+        if self.options.access_log:
+            self._log_access(head, response)
+        if not (response.keep_alive and self.connected):
+            return False
+        return body.drain(self.options.max_discard)
+
+    def _log_access(self, head: RequestHead, response: _Response) -> None:
+        peer = self.get_peername()
+        access_logger.info('%s "%s %s HTTP/%s" %d %d',
+                           peer[0] if isinstance(peer, tuple) else "-", head.method,
+                           head.target.decode("latin-1"), head.version, response.code,
+                           response.sent_bytes)
+
+
+class WSGIServer:
+    """Serve a WSGI app over HTTP/1.x on a :class:`packet_gevent.Reactor`.
+
+    ``reactor``: the reactor to serve on (default: a new ``packet_gevent.Reactor``,
+    whose fork pool runs offloaded routes; ``offload_processes`` sizes it).
+    ``listener``: serve on this already listening socket instead of binding
+    ``host:port`` (``--processes N`` hands the same one to every process).
+    Other keyword options are :class:`ServerOptions` fields.
+    """
+
+    def __init__(self, app: WSGIApp, host: str = "127.0.0.1", port: int = 8000, *,
+                 reactor: Any = None, listener: Any = None,
+                 offload_processes: Optional[int] = None, **options: Any) -> None:
+        self.app = app
+        self.options = ServerOptions(**options)
+        if reactor is None:
+            from ..packet import Reactor
+            reactor = Reactor(pool_size=offload_processes)
+        self.reactor = reactor
+        handler = type("HTTPConnection", (HTTPConnection,), {
+            "app": staticmethod(app), "options": self.options, "__module__": __name__})
+        opts = self.options
+        if listener is None:
+            self.server: Server = reactor.start_server(
+                host, port, handler, max_connections=opts.max_connections,
+                idle_timeout=opts.keepalive_timeout, high_water=opts.high_water,
+                low_water=opts.low_water)
+        else:
+            self.server = self._serve_on(listener, handler)
+        address = self.server.address
+        handler.base_environ = {
+            "SCRIPT_NAME": "",
+            "SERVER_NAME": str(address[0]) if isinstance(address, tuple) else "localhost",
+            "SERVER_PORT": str(address[1]) if isinstance(address, tuple) else "",
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": opts.multiprocess,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "wsgi.file_wrapper": FileWrapper,
+            "packet_gevent.reactor": reactor,
+        }
+
+    def _serve_on(self, listener: Any, handler: type) -> Server:
+        # The core reactor binds its own sockets; an inherited listener is
+        # registered the way start_server registers a new one.
+        from ..net.transport import raw_socket_from
+        import socket as _socket
+        sock = raw_socket_from(_socket.socket(fileno=listener.detach()) if hasattr(listener, "detach")
+                               else listener)
+        opts = self.options
+        server = Server(self.reactor, sock, handler, None, max_connections=opts.max_connections,
+                        connection_options={"idle_timeout": opts.keepalive_timeout,
+                                            "high_water": opts.high_water,
+                                            "low_water": opts.low_water})
+        self.reactor.servers.append(server)
+        if self.reactor.running:
+            server.start()
+        return server
+
+    @property
+    def address(self) -> Any:
+        return self.server.address
+
+    @property
+    def port(self) -> Optional[int]:
+        return self.server.port
+
+    def start(self) -> "WSGIServer":
+        """Start serving in the background (the reactor runs in the hub)."""
+        self.reactor.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve until SIGINT/SIGTERM (in the main thread) or ``stop()``; then stop gracefully."""
+        import signal
+        import threading
+        import gevent
+        handlers = []
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                handlers.append(gevent.signal_handler(signum, lambda: gevent.spawn(self.stop)))
+        try:
+            self.reactor.serve_forever()
+        finally:
+            for handler in handlers:
+                handler.cancel()
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Stop accepting, let requests in flight finish (within ``timeout``), close."""
+        self.reactor.stop(timeout)
+
+
+def serve(app: WSGIApp, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM (see :class:`WSGIServer` for the options)."""
+    server = WSGIServer(app, host, port, **options)
+    logger.info("serving %r on http://%s:%s", app, host, server.port)
+    server.serve_forever()
