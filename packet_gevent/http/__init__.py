@@ -5,8 +5,9 @@ import ``net``, ``pool``, ``ipc`` and the ``packet`` façade, and nothing below
 imports it.
 """
 from .body import FileWrapper, RequestBody
+from .offload import Offloaded, Router, offload
 from .parser import Limits
 from .server import HTTPConnection, ServerOptions, WSGIServer, serve
 
 __all__ = ["WSGIServer", "serve", "ServerOptions", "Limits", "HTTPConnection", "FileWrapper",
-           "RequestBody"]
+           "RequestBody", "offload", "Offloaded", "Router"]

@@ -402,12 +402,17 @@ class WSGIServer:
     whose fork pool runs offloaded routes; ``offload_processes`` sizes it).
     ``listener``: serve on this already listening socket instead of binding
     ``host:port`` (``--processes N`` hands the same one to every process).
+    ``offload=True`` runs the whole app in the reactor's fork pool
+    (:mod:`.offload`; a single route: ``Router.route(..., offload=True)``).
     Other keyword options are :class:`ServerOptions` fields.
     """
 
     def __init__(self, app: WSGIApp, host: str = "127.0.0.1", port: int = 8000, *,
-                 reactor: Any = None, listener: Any = None,
+                 reactor: Any = None, listener: Any = None, offload: bool = False,
                  offload_processes: Optional[int] = None, **options: Any) -> None:
+        if offload:
+            from .offload import Offloaded
+            app = Offloaded(app)
         self.app = app
         self.options = ServerOptions(**options)
         if reactor is None:
@@ -444,11 +449,9 @@ class WSGIServer:
         # The core reactor binds its own sockets; an inherited listener is
         # registered the way start_server registers a new one.
         from ..net.transport import raw_socket_from
-        import socket as _socket
-        sock = raw_socket_from(_socket.socket(fileno=listener.detach()) if hasattr(listener, "detach")
-                               else listener)
         opts = self.options
-        server = Server(self.reactor, sock, handler, None, max_connections=opts.max_connections,
+        server = Server(self.reactor, raw_socket_from(listener), handler, None,
+                        max_connections=opts.max_connections,
                         connection_options={"idle_timeout": opts.keepalive_timeout,
                                             "high_water": opts.high_water,
                                             "low_water": opts.low_water})

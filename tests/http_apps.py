@@ -1,0 +1,43 @@
+"""WSGI apps for the HTTP tests, importable by pool and serving processes."""
+import os
+import time
+
+from packet_gevent.http import Router, offload
+
+
+def hello(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("X-Pid", str(os.getpid()))])
+    return [b"Hello, World!"]
+
+
+def slow(environ, start_response):
+    """Blocks its whole process for a while (unpatched time.sleep): CPU-bound work's stand-in."""
+    time.sleep(float(environ.get("QUERY_STRING") or 0.5))
+    start_response("200 OK", [("X-Pid", str(os.getpid()))])
+    return [b"slow done"]
+
+
+def gentle(environ, start_response):
+    """Waits cooperatively (gevent.sleep): a request in flight for the drain tests."""
+    import gevent
+    gevent.sleep(float(environ.get("QUERY_STRING") or 0.3))
+    start_response("200 OK", [("X-Pid", str(os.getpid()))])
+    return [b"gentle done"]
+
+
+@offload
+def offloaded_echo(environ, start_response):
+    body = environ["wsgi.input"].read()
+    start_response("201 Created", [("X-Pid", str(os.getpid()))])
+    return [b"echo:", body, environ["PATH_INFO"].encode()]
+
+
+router = Router()
+router.route("/", hello)
+router.route("/slow", slow, offload=True)
+router.route("/gentle", gentle)
+router.route("/echo", offloaded_echo)
+
+inline_router = Router()
+inline_router.route("/", hello)
+inline_router.route("/slow", slow)

@@ -1,0 +1,85 @@
+"""Offloaded routes run in the reactor's fork pool and do not stall the other clients."""
+import http.client
+import os
+import pickle
+
+import gevent
+import pytest
+
+from packet_gevent import Reactor
+from packet_gevent.http import Offloaded, WSGIServer
+from tests import http_apps
+from tests.conftest import assert_gone
+
+
+def get(port, path, body=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    conn.request("POST" if body is not None else "GET", path, body=body)
+    response = conn.getresponse()
+    result = response.status, response.getheader("X-Pid"), response.read()
+    conn.close()
+    return result
+
+
+@pytest.fixture
+def serve():
+    reactors = []
+
+    def make(app, **options):
+        reactor = Reactor(stop_grace=2.0, pool_size=1)
+        reactors.append(reactor)
+        return WSGIServer(app, "127.0.0.1", 0, reactor=reactor, **options).start()
+
+    yield make
+    for reactor in reactors:
+        pids = reactor.pool.pids() if reactor._pool is not None else []
+        reactor.stop(timeout=3.0)
+        assert_gone(pids)
+
+
+def finish_order(port, slow_path):
+    """Start a slow request, then a fast one; return which finished first."""
+    order = []
+
+    def timed(name, path):
+        result = get(port, path)
+        order.append(name)
+        return result
+
+    slow = gevent.get_hub().threadpool.spawn(timed, "slow", slow_path)
+    gevent.sleep(0.1)  # let the slow request reach the server first
+    fast = gevent.get_hub().threadpool.spawn(timed, "fast", "/")
+    results = slow.get(timeout=20), fast.get(timeout=20)
+    return order, results
+
+
+def test_an_offloaded_route_does_not_stall_the_fast_route(serve):
+    server = serve(http_apps.router)
+    order, ((slow_status, slow_pid, _), (fast_status, fast_pid, _)) = finish_order(server.port, "/slow?1.0")
+    assert (slow_status, fast_status) == (200, 200)
+    assert int(fast_pid) == os.getpid() and int(slow_pid) != os.getpid()  # ran in the pool
+    assert order == ["fast", "slow"]
+
+
+def test_without_offload_the_same_view_stalls_everyone(serve):
+    server = serve(http_apps.inline_router)
+    order, _ = finish_order(server.port, "/slow?0.5")
+    assert order == ["slow", "fast"]  # the hub was blocked: the fast request waited
+
+
+def test_offload_decorator_passes_body_and_status(serve):
+    server = serve(http_apps.router)
+    status, pid, body = gevent.get_hub().threadpool.spawn(get, server.port, "/echo", b"payload").get(20)
+    assert status == 201 and body == b"echo:payload/echo" and int(pid) != os.getpid()
+
+
+def test_whole_app_offload_switch(serve):
+    server = serve(http_apps.hello, offload=True)
+    status, pid, body = gevent.get_hub().threadpool.spawn(get, server.port, "/").get(20)
+    assert status == 200 and body == b"Hello, World!" and int(pid) != os.getpid()
+
+
+def test_offloaded_apps_pickle_by_reference():
+    assert pickle.loads(pickle.dumps(http_apps.offloaded_echo)) is http_apps.offloaded_echo
+    inline = pickle.loads(pickle.dumps(Offloaded(http_apps.hello)))
+    assert inline.app is http_apps.hello
