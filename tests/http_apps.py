@@ -1,4 +1,5 @@
 """WSGI apps for the HTTP tests, importable by pool and serving processes."""
+import logging
 import os
 import time
 
@@ -20,6 +21,7 @@ def slow(environ, start_response):
 def gentle(environ, start_response):
     """Waits cooperatively (gevent.sleep): a request in flight for the drain tests."""
     import gevent
+    logging.getLogger("tests.http_apps").info("gentle start")
     gevent.sleep(float(environ.get("QUERY_STRING") or 0.3))
     start_response("200 OK", [("X-Pid", str(os.getpid()))])
     return [b"gentle done"]

@@ -76,6 +76,9 @@ class ServerOptions:
     multiprocess: bool = False
 
 
+#: Seconds a stop waits for the first request of a connection accepted just before it.
+FRESH_GRACE = 1.0
+
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _date_cache: List[Any] = [0, b""]
 
@@ -254,6 +257,7 @@ class HTTPConnection(Connection):
         self._header_timer: Any = None
         self._write_paused = False
         self._refused = False
+        self._requests = 0
         self.low_water = options.low_water
         self.set_write_watermarks(options.high_water, options.low_water)
         self.socket_io = SocketIO(self)
@@ -343,6 +347,7 @@ class HTTPConnection(Connection):
 
     def _handle(self, head: RequestHead) -> bool:
         """Run the app for one request; True if the connection may carry another."""
+        self._requests += 1
         body = RequestBody(self, head)
         response = _Response(self, head)
         environ = self._environ(head, body)
@@ -489,7 +494,22 @@ class WSGIServer:
                 handler.cancel()
 
     def stop(self, timeout: Optional[float] = None) -> None:
-        """Stop accepting, let requests in flight finish (within ``timeout``), close."""
+        """Stop accepting, let requests in flight finish (within ``timeout``), close.
+
+        A connection accepted just before the stop whose first request has
+        not arrived yet gets up to FRESH_GRACE seconds for it: closing it at
+        once would fail a client that did nothing wrong (under ``--processes``
+        the other processes go on accepting from the shared listener).
+        """
+        import gevent
+        self.reactor.stop_server(self.server)
+        loop = gevent.get_hub().loop
+        deadline = loop.now() + FRESH_GRACE
+        while loop.now() < deadline and any(
+                isinstance(conn, HTTPConnection) and conn.connected and conn._requests == 0
+                and not conn._events and not conn._parser.in_head
+                for conn in list(self.reactor.connections.values())):
+            gevent.sleep(0.01)
         self.reactor.stop(timeout)
 
 
