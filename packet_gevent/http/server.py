@@ -261,6 +261,14 @@ class HTTPConnection(Connection):
         self.low_water = options.low_water
         self.set_write_watermarks(options.high_water, options.low_water)
         self.socket_io = SocketIO(self)
+        # The environ items that are the same for every request of this connection.
+        environ = self.base_environ.copy()
+        peer = self.get_peername()
+        if isinstance(peer, tuple):
+            environ["REMOTE_ADDR"] = peer[0]
+            environ["REMOTE_PORT"] = str(peer[1])
+        environ["packet_gevent.connection"] = self
+        self._base_environ = environ
 
     # -- reactor callbacks -------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
@@ -320,20 +328,15 @@ class HTTPConnection(Connection):
         self.close_connection_after_writing()
 
     def _environ(self, head: RequestHead, body: RequestBody) -> Dict[str, Any]:
-        environ = self.base_environ.copy()
+        environ = self._base_environ.copy()
         path, query = split_target(head.target)
         if b"%" in path:
             path = unquote_to_bytes(path)
         environ["REQUEST_METHOD"] = head.method
         environ["PATH_INFO"] = path.decode("latin-1")
         environ["QUERY_STRING"] = query.decode("latin-1")
-        environ["SERVER_PROTOCOL"] = "HTTP/" + head.version
-        peer = self.get_peername()
-        if isinstance(peer, tuple):
-            environ["REMOTE_ADDR"] = peer[0]
-            environ["REMOTE_PORT"] = str(peer[1])
+        environ["SERVER_PROTOCOL"] = "HTTP/1.1" if head.version == "1.1" else "HTTP/1.0"
         environ["wsgi.input"] = body
-        environ["packet_gevent.connection"] = self
         for name, value in head.headers:
             key = _environ_key(name)
             if key is None:
@@ -390,7 +393,7 @@ class HTTPConnection(Connection):
             self._log_access(head, response)
         if not (response.keep_alive and self.connected):
             return False
-        return body.drain(self.options.max_discard)
+        return body._done or body.drain(self.options.max_discard)
 
     def _log_access(self, head: RequestHead, response: _Response) -> None:
         peer = self.get_peername()
