@@ -96,6 +96,8 @@ def test_expect_100_continue(backend):
     (b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505),
     (b"GET nothing HTTP/1.1\r\nHost: h\r\n\r\n", 400),
     (b"\x00\x01garbage\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\n\r\n", 400),                                   # no Host
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),              # two Hosts
 ])
 def test_smuggling_and_malformed_requests_are_refused(backend, data, status):
     assert refused(backend, data) == status

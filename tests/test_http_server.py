@@ -342,7 +342,7 @@ def test_large_download_follows_the_reader(make_server):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     sock.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
     with gevent.Timeout(10, AssertionError("no first byte")):
-        sock.recv(1)
+        received = sock.recv(1)
     # The client reads nothing more: the app's iterator must stop advancing.
     with gevent.Timeout(10, AssertionError("the producer never paused")):
         while True:
@@ -352,17 +352,44 @@ def test_large_download_follows_the_reader(make_server):
                 break
     assert produced[0] * len(chunk) < 16 * 1024 * 1024, \
         f"{produced[0]} chunks produced for a client that reads nothing"
-    received = 1
+    with gevent.Timeout(10, AssertionError("no response head")):
+        while b"\r\n\r\n" not in received:
+            received += sock.recv(4096)
+    body_size = len(received.partition(b"\r\n\r\n")[2])
     with gevent.Timeout(20, AssertionError("download did not finish")):
-        while received < len(chunk) * total_chunks + 1:  # + headers
+        while body_size < len(chunk) * total_chunks:
             data = sock.recv(1 << 20)
-            assert data
-            received += len(data)
-            if received >= len(chunk) * total_chunks:
-                if b"\r\n\r\n" in data or received > len(chunk) * total_chunks + 60:
-                    break
-    assert produced[0] == total_chunks
+            assert data, "connection closed before the whole body"
+            body_size += len(data)
+    assert body_size == len(chunk) * total_chunks and produced[0] == total_chunks
     sock.close()
+
+
+def test_a_streaming_app_stops_when_its_client_goes(make_server):
+    produced = [0]
+    stopped = gevent.event.Event()
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+
+        def endless():
+            try:
+                while produced[0] < 100_000:  # bounded; the client leaves long before
+                    produced[0] += 1
+                    yield b"y" * 65536
+            finally:
+                stopped.set()
+        return endless()
+
+    server = make_server(app)
+    sock = raw(server)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    sock.recv(65536)
+    sock.close()
+    with gevent.Timeout(10, AssertionError("the generator was never closed")):
+        stopped.wait()
+    assert produced[0] < 1000
+    assert_alive(server)
 
 
 # -- limits and bad input ----------------------------------------------------------------
@@ -519,6 +546,40 @@ def test_trickling_body_is_cut_by_the_body_timeout(make_server):
     answer = recv_until_closed(sock, timeout=5)
     sock.close()
     assert answer.startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_body_that_trickles_is_cut_by_min_body_rate(make_server):
+    server = make_server(echo_app, body_timeout=0.3, min_body_rate=1000)
+    sock = raw(server)
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n")
+    answer = []
+
+    def reader():
+        answer.append(recv_until_closed(sock, timeout=5))
+
+    reading = gevent.spawn(reader)
+    for _ in range(100):  # 10 bytes every 50 ms: no read waits 0.3 s, but 200 B/s
+        if reading.dead:
+            break
+        try:
+            sock.send(b"x" * 10)
+        except OSError:
+            break
+        gevent.sleep(0.05)
+    reading.join(5)
+    sock.close()
+    assert answer and answer[0].startswith(b"HTTP/1.1 408 "), answer
+
+
+def test_access_log(make_server, caplog):
+    server = make_server(echo_app, access_log=True)
+    with caplog.at_level("INFO", logger="packet_gevent.http.access"):
+        sock = raw(server)
+        sock.sendall(b"GET /logged?q=1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        read_response(sock)
+        sock.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "packet_gevent.http.access"]
+    assert len(lines) == 1 and '"GET /logged?q=1 HTTP/1.1" 200' in lines[0]
 
 
 def test_max_connections_holds_extra_clients_in_the_backlog(make_server):

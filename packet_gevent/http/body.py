@@ -57,8 +57,12 @@ class SocketIO:
             raise ClientDisconnected("the client closed the connection")
         return transport.sock
 
-    def recv_into_parser(self, timeout: float) -> None:
-        """Read once from the socket and feed the parser (raises on EOF, error, timeout)."""
+    def recv_into_parser(self, timeout: float) -> int:
+        """Read once from the socket and feed the parser; the bytes read.
+
+        Raises ClientDisconnected on EOF or error, HTTPRequestError (408)
+        after ``timeout`` seconds without a byte.
+        """
         conn = self.conn
         if conn._parser.error is not None:  # what is left of the stream cannot be trusted
             raise conn._parser.error
@@ -80,6 +84,7 @@ class SocketIO:
             conn.close_connection()
             raise ClientDisconnected("the client closed the connection in the middle of the body")
         conn._parser.feed(data)
+        return len(data)
 
     def wait_drained(self, low: int, timeout: float) -> None:
         """Block until at most ``low`` bytes are queued for the client (send_timeout)."""
@@ -158,7 +163,7 @@ class RequestBody:
     whose construction and finaliser cost ~1 us on every request.
     """
 
-    __slots__ = ("_conn", "_events", "_buf", "_done", "_continue")
+    __slots__ = ("_conn", "_events", "_buf", "_done", "_continue", "_started", "_received")
 
     def __init__(self, conn: "HTTPConnection", head: RequestHead) -> None:
         self._conn = conn
@@ -166,6 +171,9 @@ class RequestBody:
         self._buf = b""
         self._done = not head.has_body
         self._continue = head.expect_continue and head.has_body
+        #: When the body first had to be read from the socket, and the bytes read since.
+        self._started: Optional[float] = None
+        self._received = 0
         if self._done and self._events and self._events[0] is END:
             self._events.popleft()
 
@@ -185,13 +193,26 @@ class RequestBody:
             if self._continue:
                 self._continue = False
                 conn.send_data(_CONTINUE)
-            conn.socket_io.recv_into_parser(conn.options.body_timeout)
+            self._received += conn.socket_io.recv_into_parser(conn.options.body_timeout)
+            self._check_rate()
         event = events.popleft()
         if event is END:
             self._done = True
             return None
         self._continue = False
         return event  # type: ignore[return-value]
+
+    def _check_rate(self) -> None:
+        """408 for a body that trickles: slower than min_body_rate once body_timeout has passed."""
+        now = gevent.get_hub().loop.now()
+        if self._started is None:
+            self._started = now
+            return
+        elapsed = now - self._started
+        options = self._conn.options
+        if elapsed > options.body_timeout and self._received < options.min_body_rate * elapsed:
+            raise HTTPRequestError(408, f"request body arriving at {self._received / elapsed:.0f} "
+                                        f"bytes/s, under min_body_rate={options.min_body_rate:g}")
 
     def _fill(self) -> bool:
         """Append the next body piece to the buffer; False at the end of the body."""

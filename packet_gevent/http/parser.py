@@ -16,7 +16,8 @@ The parsing itself is done by a well-kept library, never by us: httptools
 Python, ~25-50 us) where httptools is not installed.  This module adds what
 both leave to the server: the limits, one answer to request smuggling
 (Content-Length with Transfer-Encoding, duplicate Content-Length, obs-fold,
-bare LF line ends, Transfer-Encoding other than ``chunked``), and the
+bare LF line ends, Transfer-Encoding other than ``chunked``, a missing or
+repeated Host), and the
 keep-alive / 100-continue decisions.  llhttp refuses obs-fold and bare LF by
 itself; h11 accepts both (it unfolds and tolerates LF), so for h11 the raw
 header block is checked before h11 sees it.
@@ -118,9 +119,12 @@ def _validate_head(head: RequestHead, limits: Limits) -> RequestHead:
     content_lengths = []
     transfer_encoding = None
     connection_tokens = ()
+    hosts = 0
     for name, value in head.headers:
         lname = name.lower()
-        if lname == b"content-length":
+        if lname == b"host":
+            hosts += 1
+        elif lname == b"content-length":
             content_lengths.append(value)
         elif lname == b"transfer-encoding":
             if transfer_encoding is not None:
@@ -132,6 +136,9 @@ def _validate_head(head: RequestHead, limits: Limits) -> RequestHead:
             head.expect_continue = value.strip().lower() == b"100-continue" and head.version == "1.1"
         elif lname == b"upgrade":
             head.upgrade = True
+    if hosts > 1 or (hosts == 0 and head.version == "1.1"):
+        raise HTTPRequestError(400, "an HTTP/1.1 request needs exactly one Host header "
+                                    f"(got {hosts})")
     if transfer_encoding is not None:
         if content_lengths:
             raise HTTPRequestError(400, "both Content-Length and Transfer-Encoding sent "

@@ -20,7 +20,8 @@ below the low watermark, so a slow reader costs at most ~64 KiB here.
 Time limits: ``header_timeout`` from the first byte of a request head to its
 end (slowloris: 408 and close), ``keepalive_timeout`` for an idle connection
 (the reactor's idle timeout), ``body_timeout`` for each wait on body bytes
-(408), ``send_timeout`` for each wait on a client that does not read.
+and ``min_body_rate`` for a body that trickles (408), ``send_timeout`` for
+each wait on a client that does not read.
 """
 from __future__ import annotations
 
@@ -61,6 +62,9 @@ class ServerOptions:
     keepalive_timeout: float = 5.0
     #: Seconds the app waits for the next piece of a request body [30].
     body_timeout: float = 30.0
+    #: Slowest average upload accepted once a body has taken ``body_timeout``,
+    #: in bytes/s [1024]: a body trickled a byte at a time gets 408.
+    min_body_rate: float = 1024.0
     #: Seconds a response waits for a client that does not read [30].
     send_timeout: float = 30.0
     #: Concurrent connections; more wait in the listen backlog [1000].
@@ -204,6 +208,8 @@ class _Response:
                 raise TypeError(f"a WSGI body must be bytes, got {type(data).__name__}")
             data = bytes(data)
         conn = self.conn
+        if not conn.connected:  # stop a streaming app whose client has gone
+            raise ClientDisconnected("the client closed the connection")
         if not self.headers_sent:
             head = self._head_bytes(None)
             self.headers_sent = True
