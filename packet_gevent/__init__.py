@@ -15,10 +15,10 @@ code that forks.
 from typing import TYPE_CHECKING, Any
 
 from .codec import Codec, JsonCodec
-from .errors import (ChannelClosed, CodecError, FrameError, IdleTimeout, InvalidWorker,
-                     OutboundOverflow, PacketError, PoolBroken, PoolClosed, ReactorError,
-                     ReactorStopping, SerializationError, TaskTimeout, WorkerCrashed, WorkerError,
-                     WorkerLoadError)
+from .errors import (ChannelClosed, ClientDisconnected, CodecError, FrameError, HTTPRequestError,
+                     IdleTimeout, InvalidWorker, OutboundOverflow, PacketError, PoolBroken,
+                     PoolClosed, ReactorError, ReactorStopping, SerializationError, TaskTimeout,
+                     WorkerCrashed, WorkerError, WorkerLoadError)
 from .framing import BinParser, FrameDecoder, encode_frame
 from .net.connection import Connection
 from .net.server import Server
@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # loaded lazily at run time (see __getattr__)
     from .pool.futures import Future, TaskResult, as_completed, wait
     from .workers.pimp import Callback, MetaPimp, Pimp
     from .workers.worker import Worker
+    from .http.server import WSGIServer
 
 __version__ = "0.1.0"
 
@@ -50,6 +51,7 @@ _LAZY = {
     "ChildProcess": "ipc.process",
     "Channel": "ipc.channel",
     "BlockingChannel": "ipc.channel",
+    "WSGIServer": "http.server",
 }
 
 __all__ = [
@@ -61,6 +63,7 @@ __all__ = [
     "PacketError", "ReactorError", "ReactorStopping", "FrameError", "CodecError",
     "InvalidWorker", "WorkerLoadError", "WorkerCrashed", "WorkerError", "SerializationError",
     "PoolClosed", "PoolBroken", "TaskTimeout", "IdleTimeout", "OutboundOverflow", "ChannelClosed",
+    "WSGIServer", "HTTPRequestError", "ClientDisconnected",
 ]
 
 
