@@ -148,3 +148,58 @@ def test_partial_head_is_reported(backend):
 def test_absolute_form_target_is_split():
     assert split_target(b"http://example.com/p?q=1") == (b"/p", b"q=1")
     assert split_target(b"/p?q=1#frag") == (b"/p", b"q=1")
+
+
+def test_h11_is_the_fallback_without_httptools(monkeypatch):
+    from packet_gevent.http import parser as parser_module
+    monkeypatch.setattr(parser_module, "httptools", None)
+    assert parser_module.available_backends() == ["h11"]
+    assert make_parser().backend == "h11"
+
+
+# -- fuzzing: whatever the bytes and their chunking, only HTTPRequestError comes out --------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+VALID = (b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n"
+         b"POST /2 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+         b"PUT /3 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nxy")
+
+
+def feed_all(backend, data, cuts):
+    parser = make_parser(backend, Limits(max_request_line=200, max_header_size=500,
+                                         max_header_count=10, max_body_size=1000))
+    points = sorted(set(c % (len(data) + 1) for c in cuts)) + [len(data)]
+    start = 0
+    try:
+        for point in points:
+            parser.feed(data[start:point])
+            start = point
+    except HTTPRequestError as exc:
+        assert exc.status in (400, 408, 413, 414, 431, 501, 505)
+        return None
+    return list(parser.events)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=150, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=12))
+def test_any_chunking_of_valid_requests_gives_the_same_events(backend, cuts):
+    events = feed_all(backend, VALID, cuts)
+    heads = [e.target for e in events if isinstance(e, RequestHead)]
+    assert heads == [b"/1", b"/2", b"/3"]
+    assert body_of(events) == b"abcxy" and events.count(END) == 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=300, deadline=None)
+@given(data=st.one_of(
+    st.binary(max_size=300),
+    st.builds(lambda prefix, noise, suffix: prefix + noise + suffix,
+              st.sampled_from([b"GET / HTTP/1.1\r\n", b"POST / HTTP/1.1\r\nHost: h\r\n",
+                               b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"]),
+              st.binary(max_size=200),
+              st.sampled_from([b"", b"\r\n\r\n", b"\r\n", b"\n\n"]))),
+    cuts=st.lists(st.integers(min_value=0, max_value=500), max_size=6))
+def test_garbage_only_ever_raises_http_request_error(backend, data, cuts):
+    feed_all(backend, data, cuts)

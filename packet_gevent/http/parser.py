@@ -184,7 +184,10 @@ class RequestParser:
         self._body_size = 0
 
     def feed(self, data: bytes) -> None:
-        """Parse ``data``; new events go to ``self.events``.  Raises HTTPRequestError."""
+        """Parse ``data``; new events go to ``self.events``.  Raises HTTPRequestError.
+
+        ``feed(b"")`` does nothing: what an EOF means is for the server to decide.
+        """
         raise NotImplementedError
 
     @property
@@ -343,6 +346,8 @@ class H11Parser(RequestParser):
     def feed(self, data: bytes) -> None:
         if self.error is not None:
             raise self.error
+        if not data:
+            return  # h11 would take b"" for EOF; the end of the stream is the server's business
         try:
             self._conn.receive_data(data)
             self._pump()
