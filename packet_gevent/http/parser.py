@@ -12,8 +12,10 @@ answer: 400, 413, 414, 431, 501, 505) for a malformed request or one over a
 Pipelined requests simply produce more events.
 
 The parsing itself is done by a well-kept library, never by us: httptools
-(llhttp, node.js's parser; ~2 us per request here) by default, h11 (pure
-Python, ~25-50 us) where httptools is not installed.  This module adds what
+(llhttp, node.js's parser) by default, h11 (pure Python) where httptools is not
+installed.  Measured here (wrk's 5-header GET, load average ~8 on 2 cores):
+httptools with no-op callbacks 0.6 us, this module on httptools 2.9 us
+(the Python callbacks, limits and checks), on h11 ~85 us.  This module adds what
 both leave to the server: the limits, one answer to request smuggling
 (Content-Length with Transfer-Encoding, duplicate Content-Length, obs-fold,
 bare LF line ends, Transfer-Encoding other than ``chunked``, a missing or
