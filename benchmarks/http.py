@@ -11,7 +11,8 @@ interleaved (each round runs every server once, in turn), medians reported:
 
 1. ``wrk -t1 -cC -dD`` on ``GET /`` (13-byte body): ours (packet_gevent.wsgi),
    gevent.pywsgi with TCP_NODELAY, gunicorn's gevent worker, uvicorn (httptools
-   + uvloop, the same response as an ASGI app).  req/s, p50, p99.
+   + uvloop, the same response as an ASGI app).  req/s, p50, p99, and the
+   server's CPU time per request (its process tree, from /proc).
 2. The fast route's latency while another wrk hammers the CPU-bound route
    (fib in pure Python) with 4 connections: offload on (the route runs in a
    2-process ForkPool) vs off (it runs in the hub).
@@ -63,6 +64,8 @@ def parse_wrk(output: str) -> dict:
     if not rate:
         raise BenchError(f"could not read wrk's output:\n{output}")
     result = {"rps": float(rate.group(1)), "errors": 0}
+    total = re.search(r"(\d+) requests in", output)
+    result["requests"] = int(total.group(1)) if total else None
     for label, key in (("50%", "p50"), ("99%", "p99")):
         match = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", output)
         result[key] = float(match.group(1)) * _UNITS[match.group(2)] if match else None
@@ -98,8 +101,13 @@ def interleaved(specs: Dict[str, ServerSpec], rounds: int, measure) -> Dict[str,
         results: Dict[str, List[dict]] = {name: [] for name in specs}
         for _ in range(rounds):
             for name, server in servers.items():
-                server.check_alive()
-                results[name].append(measure(server.port))
+                cpu_before = server.cpu_seconds()
+                result = measure(server.port)
+                cpu = server.cpu_seconds() - cpu_before
+                # Server CPU (its whole process tree, /proc) per request answered
+                # on the measured route: steadier than req/s on a shared machine.
+                result["cpu_us"] = 1e6 * cpu / result["requests"] if result.get("requests") else None
+                results[name].append(result)
         return results
     finally:
         for server in servers.values():
@@ -113,17 +121,19 @@ def median(runs: Sequence[dict], key: str) -> Optional[float]:
 
 def summarize(results: Dict[str, List[dict]]) -> Dict[str, dict]:
     return {name: {"rps": median(runs, "rps"), "p50": median(runs, "p50"),
-                   "p99": median(runs, "p99"), "errors": sum(r["errors"] for r in runs),
+                   "p99": median(runs, "p99"), "cpu_us": median(runs, "cpu_us"),
+                   "errors": sum(r["errors"] for r in runs),
                    "rounds": runs}
             for name, runs in results.items()}
 
 
 def table(title: str, summary: Dict[str, dict], baseline: Optional[str] = None) -> str:
-    lines = [f"### {title}", "", "| server | req/s | p50 ms | p99 ms | errors |"
+    lines = [f"### {title}", "", "| server | req/s | p50 ms | p99 ms | CPU µs/req | errors |"
              + (f" vs {baseline} |" if baseline else ""),
-             "| --- | --: | --: | --: | --: |" + (" --: |" if baseline else "")]
+             "| --- | --: | --: | --: | --: | --: |" + (" --: |" if baseline else "")]
     for name, row in summary.items():
-        line = (f"| {name} | {row['rps']:,.0f} | {row['p50']:.2f} | {row['p99']:.2f} | "
+        cpu = f"{row['cpu_us']:.1f}" if row.get("cpu_us") is not None else "-"
+        line = (f"| {name} | {row['rps']:,.0f} | {row['p50']:.2f} | {row['p99']:.2f} | {cpu} | "
                 f"{row['errors']} |")
         if baseline:
             line += f" {row['rps'] / summary[baseline]['rps']:.2f}x |"
@@ -142,6 +152,7 @@ def measure_under_cpu_load(connections: int, duration: float):
         finally:
             out, _ = hammer.communicate(timeout=duration + 30)
         result["cpu_rps"] = parse_wrk(out)["rps"] if "Requests/sec" in out else None
+        result["requests"] = None  # the server's CPU went mostly to /cpu: no per-request figure
         return result
     return measure
 

@@ -23,7 +23,7 @@ def test_parse_wrk_reads_rate_latencies_and_errors():
     result = bench.parse_wrk(WRK_OUTPUT)
     assert result["rps"] == 44800.12
     assert abs(result["p50"] - 0.74) < 1e-9 and result["p99"] == 37.85
-    assert result["errors"] == 7
+    assert result["errors"] == 7 and result["requests"] == 224000
 
 
 def test_without_wrk_it_says_how_to_install_it(monkeypatch, capsys):
@@ -39,4 +39,4 @@ def test_tables_format_medians_and_ratios():
     summary = bench.summarize(runs)
     assert summary["a"]["rps"] == 200.0 and summary["a"]["errors"] == 1
     text = bench.table("t", summary, "b")
-    assert "| a | 200 | 2.00 | 3.00 | 1 | 2.00x |" in text
+    assert "| a | 200 | 2.00 | 3.00 | - | 1 | 2.00x |" in text
