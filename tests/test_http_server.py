@@ -607,3 +607,53 @@ def test_client_gone_mid_body_does_not_kill_the_server(make_server):
     sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + b"a" * 1000)
     sock.close()
     assert_alive(server)
+
+
+def test_unread_body_is_drained_and_the_next_pipelined_request_answered(make_server):
+    def ignores_body(environ, start_response):
+        start_response("200 OK", [("X-Path", environ["PATH_INFO"])])
+        return [environ["PATH_INFO"].encode()]
+
+    server = make_server(ignores_body)
+    sock = raw(server)
+    sock.sendall(b"POST /1 HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n" + b"b" * 5000
+                 + b"GET /2 HTTP/1.1\r\nHost: t\r\n\r\n")
+    _, first, rest = read_response(sock)
+    _, second, _ = read_response(sock, rest)
+    assert (first, second) == (b"/1", b"/2")
+    sock.close()
+
+
+def test_an_unread_body_over_max_discard_closes_after_the_answer(make_server):
+    def ignores_body(environ, start_response):
+        start_response("200 OK", [])
+        return [b"ignored"]
+
+    server = make_server(ignores_body, max_discard=1000)
+    sock = raw(server)
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + b"b" * 20000)
+    answer = recv_until_closed(sock)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"ignored")
+
+
+def test_head_of_a_file_gives_its_length_without_reading_it(make_server, tmp_path, monkeypatch):
+    path = tmp_path / "blob"
+    path.write_bytes(b"z" * 12345)
+    monkeypatch.setattr(body_module.os, "sendfile", None)  # calling it would fail the request
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        if environ["PATH_INFO"] == "/f":
+            return environ["wsgi.file_wrapper"](open(path, "rb"))
+        return [b"other"]
+
+    server = make_server(app)
+    sock = raw(server)
+    sock.sendall(b"HEAD /f HTTP/1.1\r\nHost: t\r\n\r\nGET /other HTTP/1.1\r\nHost: t\r\n"
+                 b"Connection: close\r\n\r\n")
+    answer = recv_until_closed(sock)
+    sock.close()
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Length: 12345" in head
+    assert rest.startswith(b"HTTP/1.1 200 ") and rest.endswith(b"\r\n\r\nother")

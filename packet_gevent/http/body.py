@@ -110,7 +110,7 @@ class SocketIO:
     def send_file_response(self, response: "_Response", wrapper: "FileWrapper") -> None:
         """Send ``wrapper``'s file with ``os.sendfile`` when it is a regular file, else iterate."""
         fileno = wrapper.fileno()
-        if fileno is None or response.no_body:
+        if fileno is None:
             for chunk in wrapper:
                 if chunk:
                     response.write(chunk)
@@ -124,6 +124,9 @@ class SocketIO:
         else:
             size = min(size, int(declared))
         response.write(b"")  # the head
+        if response.no_body:  # HEAD: the length, not the file
+            response.sent_bytes = size
+            return
         self.wait_drained(0, self.conn.options.send_timeout)
         sent_total = 0
         timeout = self.conn.options.send_timeout
