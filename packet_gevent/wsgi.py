@@ -134,9 +134,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     listener = bind_listener(host, port)
     logger.info("listening on http://%s:%d (master pid %d, %d processes)", host,
                 listener.getsockname()[1], os.getpid(), args.processes)
-    Supervisor(listener, args.processes, _make_serve(args),
-               graceful_timeout=args.graceful_timeout).run()
-    return 0
+    return Supervisor(listener, args.processes, _make_serve(args),
+                      graceful_timeout=args.graceful_timeout).run()
 
 
 if __name__ == "__main__":

@@ -97,6 +97,12 @@ def test_cli_help_and_bad_app():
     result = subprocess.run([sys.executable, "-m", "packet_gevent.wsgi", "no_such_module:app"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode != 0 and "cannot import 'no_such_module'" in result.stderr
+    # Under a master: the first serving process fails, the master gives up (no fork loop).
+    result = subprocess.run([sys.executable, "-m", "packet_gevent.wsgi", "no_such_module:app",
+                             "--processes", "2", "--bind", "127.0.0.1:0"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 3 and "cannot import 'no_such_module'" in result.stderr
+    assert result.stderr.count("serving process") <= 3
 
 
 def test_sigterm_under_load_drains_with_no_lost_response(start):

@@ -170,15 +170,25 @@ class Supervisor:
         self.children.clear()
         self._stopped.set()
 
-    def run(self) -> None:
-        """Start the serving processes and supervise them until SIGTERM/SIGINT."""
+    def run(self) -> int:
+        """Start the serving processes and supervise them until SIGTERM/SIGINT.
+
+        Returns 0 after a stop, 3 when the first serving process never became
+        ready (the app does not load: forking more would not help).
+        """
         handlers = [gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(self.stop)),
                     gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(self.stop)),
                     gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.restart))]
         try:
-            for _ in range(self.processes):
+            for index in range(self.processes):
                 child = self._spawn()
                 if not self._wait_ready(child):
+                    if index == 0:
+                        logger.error("serving process %d %s before it was ready; giving up "
+                                     "(see its error above)", child.pid,
+                                     "exited" if not child.alive else "hung")
+                        self.stop()
+                        return 3
                     logger.error("serving process %d did not become ready", child.pid)
             logger.info("master %d: %d serving processes", os.getpid(), len(self.children))
             # With a timeout: the child watchers and signal handlers do not
@@ -191,6 +201,7 @@ class Supervisor:
             if not self._stopped.is_set():
                 self.stop()
             self.listener.close()
+        return 0
 
 
 def _child_main(sock: socket.socket, serve: Callable[..., Optional[int]], listener_fd: int) -> Optional[int]:
