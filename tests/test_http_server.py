@@ -657,3 +657,16 @@ def test_head_of_a_file_gives_its_length_without_reading_it(make_server, tmp_pat
     head, _, rest = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Length: 12345" in head
     assert rest.startswith(b"HTTP/1.1 200 ") and rest.endswith(b"\r\n\r\nother")
+
+
+def test_serves_ipv6_loopback():
+    reactor = Reactor(stop_grace=1.0)
+    server = WSGIServer(echo_app, "::1", 0, reactor=reactor).start()
+    try:
+        sock = gevent.socket.create_connection(("::1", server.port), timeout=10)
+        sock.sendall(b"GET /six HTTP/1.1\r\nHost: t\r\n\r\n")
+        head, body, _ = read_response(sock)
+        sock.close()
+        assert status_of(head) == 200 and body.startswith(b"GET /six ")
+    finally:
+        reactor.stop(timeout=1.0)
