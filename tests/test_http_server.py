@@ -670,3 +670,31 @@ def test_serves_ipv6_loopback():
         assert status_of(head) == 200 and body.startswith(b"GET /six ")
     finally:
         reactor.stop(timeout=1.0)
+
+
+def test_a_stop_lets_requests_in_flight_finish_with_connection_close():
+    release = gevent.event.Event()
+    entered = gevent.event.Event()
+
+    def waits(environ, start_response):
+        entered.set()
+        release.wait(10)
+        start_response("200 OK", [])
+        return [b"finished"]
+
+    reactor = Reactor(stop_grace=5.0)
+    server = WSGIServer(waits, "127.0.0.1", 0, reactor=reactor).start()
+    sock = raw(server)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    with gevent.Timeout(10, AssertionError("the request never reached the app")):
+        entered.wait()
+    stopping = gevent.spawn(server.stop)
+    gevent.sleep(0)  # the stop has begun: nothing accepts any more
+    with pytest.raises(ConnectionRefusedError):
+        gevent.socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    release.set()
+    answer = recv_until_closed(sock)
+    sock.close()
+    stopping.join(10)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in answer
+    assert answer.endswith(b"finished") and not reactor.running

@@ -180,6 +180,8 @@ class _Response:
             elif lname == "transfer-encoding":
                 continue  # the server frames the body
             parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+        if self.conn.draining:
+            self.keep_alive = False  # the server is stopping: tell the client not to reuse us
         bodyless = code < 200 or code in (204, 304)
         if bodyless:
             self.no_body = True
@@ -255,6 +257,8 @@ class HTTPConnection(Connection):
     app: WSGIApp
     options: ServerOptions = ServerOptions()
     base_environ: Dict[str, Any] = {}
+    #: Set on the server's class when it stops: answers then say Connection: close.
+    draining = False
 
     def post_init(self) -> None:
         options = self.options
@@ -433,7 +437,7 @@ class WSGIServer:
             from ..packet import Reactor
             reactor = Reactor(pool_size=offload_processes)
         self.reactor = reactor
-        handler = type("HTTPConnection", (HTTPConnection,), {
+        handler = self._handler = type("HTTPConnection", (HTTPConnection,), {
             "app": staticmethod(app), "options": self.options, "__module__": __name__})
         opts = self.options
         if listener is None:
@@ -511,6 +515,7 @@ class WSGIServer:
         the other processes go on accepting from the shared listener).
         """
         import gevent
+        self._handler.draining = True
         self.reactor.stop_server(self.server)
         loop = gevent.get_hub().loop
         deadline = loop.now() + FRESH_GRACE
