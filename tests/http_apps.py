@@ -43,3 +43,13 @@ router.route("/echo", offloaded_echo)
 inline_router = Router()
 inline_router.route("/", hello)
 inline_router.route("/slow", slow)
+
+
+def fails(environ, start_response):
+    if environ["PATH_INFO"] == "/crash":
+        os._exit(7)  # the pool process dies mid-request
+    raise ValueError("this view always fails")
+
+
+router.route("/fails", fails, offload=True)
+router.route("/crash", fails, offload=True)

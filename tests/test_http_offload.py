@@ -83,3 +83,12 @@ def test_offloaded_apps_pickle_by_reference():
     assert pickle.loads(pickle.dumps(http_apps.offloaded_echo)) is http_apps.offloaded_echo
     inline = pickle.loads(pickle.dumps(Offloaded(http_apps.hello)))
     assert inline.app is http_apps.hello
+
+
+def test_an_offloaded_view_that_raises_or_kills_its_process_gets_500(serve):
+    server = serve(http_apps.router)
+    pool = gevent.get_hub().threadpool
+    assert pool.spawn(get, server.port, "/fails").get(20)[0] == 500
+    assert pool.spawn(get, server.port, "/crash").get(20)[0] == 500
+    status, pid, body = pool.spawn(get, server.port, "/echo", b"after").get(20)
+    assert status == 201 and body == b"echo:after/echo"  # the pool replaced its process
