@@ -698,3 +698,36 @@ def test_a_stop_lets_requests_in_flight_finish_with_connection_close():
     stopping.join(10)
     assert answer.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in answer
     assert answer.endswith(b"finished") and not reactor.running
+
+
+def test_under_monkey_patching_blocking_apps_and_clients_cooperate():
+    from tests.conftest import run_script
+    result = run_script("""
+        from gevent import monkey; monkey.patch_all()
+        import http.client, time
+        import gevent
+        from packet_gevent.http import WSGIServer
+
+        def app(environ, start_response):
+            time.sleep(0.2)   # patched: only this connection waits
+            start_response("200 OK", [])
+            return [environ["PATH_INFO"].encode()]
+
+        server = WSGIServer(app, "127.0.0.1", 0).start()
+
+        def get(path):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            conn.request("GET", path)
+            body = conn.getresponse().read()
+            conn.close()
+            return body
+
+        started = time.monotonic()
+        jobs = [gevent.spawn(get, "/%d" % i) for i in range(10)]
+        gevent.joinall(jobs, timeout=10, raise_error=True)
+        elapsed = time.monotonic() - started
+        server.stop(2)
+        print(sorted(job.value for job in jobs) == [b"/%d" % i for i in range(10)], elapsed < 1.5)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True"], result.stdout + result.stderr
