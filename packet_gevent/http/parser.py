@@ -23,7 +23,7 @@ repeated Host), and the
 keep-alive / 100-continue decisions.  llhttp refuses obs-fold and bare LF by
 itself; h11 accepts both (it unfolds and tolerates LF), so for h11 the raw
 header block is checked before h11 sees it.  Inside a chunked body h11 stays
-more lenient than llhttp (it takes ``3 \r\n`` as a chunk size; a bare-LF
+more lenient than llhttp (it takes "3 " followed by CRLF as a chunk size; a bare-LF
 chunk line just stalls until ``body_timeout``): behind another HTTP hop,
 run the httptools backend.
 """
