@@ -158,19 +158,29 @@ def measure_under_cpu_load(connections: int, duration: float):
 
 
 def plot(summaries: Dict[str, Dict[str, dict]], path: str) -> None:
+    """One panel per figure: req/s and CPU per request of the peers, the fast route's
+    median under CPU load, req/s by --processes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for ax, (title, summary), key, label in zip(
-            axes, summaries.items(), ("rps", "p99", "rps"), ("req/s", "fast route p99 (ms)", "req/s")):
+    panels = []
+    for title, summary in summaries.items():
+        if title.startswith("hello"):
+            panels += [(title, summary, "rps", "req/s"),
+                       ("server CPU per request", summary, "cpu_us", "CPU µs / request")]
+        elif title.startswith("fast"):
+            panels.append((title, summary, "p50", "fast route p50 (ms)"))
+        else:
+            panels.append((title, summary, "rps", "req/s"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    for ax, (title, summary, key, label) in zip(axes[0], panels):
         names = list(summary)
-        ax.bar(names, [summary[n][key] for n in names], color="#4a7ab5")
+        ax.bar(names, [summary[n][key] or 0 for n in names], color="#4a7ab5")
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(label)
         ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
 
 
 def main(argv=None) -> int:
