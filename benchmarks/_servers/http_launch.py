@@ -8,7 +8,6 @@ The external servers run as our child (their CPU counts in our process
 tree); SIGTERM is passed on to it.
 """
 import argparse
-import os
 import signal
 import socket
 import subprocess

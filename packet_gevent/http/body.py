@@ -29,7 +29,8 @@ from ..errors import ClientDisconnected, HTTPRequestError
 from .parser import END, RequestHead
 
 if TYPE_CHECKING:
-    from .server import HTTPConnection, _Response
+    from .response import Response
+    from .server import HTTPConnection
 
 __all__ = ["RequestBody", "FileWrapper", "SocketIO"]
 
@@ -107,7 +108,7 @@ class SocketIO:
             raise ClientDisconnected("the client closed the connection")
         conn._write_paused = False
 
-    def send_file_response(self, response: "_Response", wrapper: "FileWrapper") -> None:
+    def send_file_response(self, response: "Response", wrapper: "FileWrapper") -> None:
         """Send ``wrapper``'s file with ``os.sendfile`` when it is a regular file, else iterate."""
         fileno = wrapper.fileno()
         if fileno is None:

@@ -27,7 +27,7 @@ import logging
 import os
 import signal
 import socket
-from typing import Any, Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import gevent
 import gevent.event
