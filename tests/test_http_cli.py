@@ -187,3 +187,11 @@ def test_sighup_restarts_one_by_one_refusing_no_connection(start):
     assert seen - old, "no request was served by a new process"
     for pid in old:
         assert not alive(pid)
+
+
+def test_backend_and_whole_app_offload_flags(start):
+    server = start("tests.http_apps:hello", "--backend", "h11", "--offload",
+                   "--offload-processes", "1")
+    status, pid, body = server.get("/")
+    assert status == 200 and body == b"Hello, World!"
+    assert int(pid) != server.proc.pid  # answered by the serving process's fork pool

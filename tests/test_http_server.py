@@ -731,3 +731,17 @@ def test_under_monkey_patching_blocking_apps_and_clients_cooperate():
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "True"], result.stdout + result.stderr
+
+
+def test_accepted_sockets_have_tcp_nodelay(make_server):
+    def app(environ, start_response):
+        sock = environ["packet_gevent.connection"]._transport.sock
+        start_response("200 OK", [])
+        return [b"%d" % sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)]
+
+    server = make_server(app)
+    sock = raw(server)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    _, body, _ = read_response(sock)
+    sock.close()
+    assert body == b"1"
