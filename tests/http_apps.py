@@ -2,6 +2,7 @@
 import logging
 import os
 import time
+from urllib.parse import parse_qs
 
 from packet_gevent.http import Router, offload
 
@@ -12,8 +13,15 @@ def hello(environ, start_response):
 
 
 def slow(environ, start_response):
-    """Blocks its whole process for a while (unpatched time.sleep): CPU-bound work's stand-in."""
-    time.sleep(float(environ.get("QUERY_STRING") or 0.5))
+    """Blocks its whole process for a while (unpatched time.sleep): CPU-bound work's stand-in.
+
+    ``?t=SECONDS&mark=PATH``: PATH is created as the work starts (a sign another
+    process can see, even while this one is blocked).
+    """
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    if "mark" in query:
+        open(query["mark"][0], "w").close()
+    time.sleep(float(query.get("t", ["0.5"])[0]))
     start_response("200 OK", [("X-Pid", str(os.getpid()))])
     return [b"slow done"]
 

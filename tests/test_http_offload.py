@@ -2,6 +2,7 @@
 import http.client
 import os
 import pickle
+import time
 
 import gevent
 import pytest
@@ -37,34 +38,52 @@ def serve():
         assert_gone(pids)
 
 
-def finish_order(port, slow_path):
-    """Start a slow request, then a fast one; return which finished first."""
-    order = []
+def finish_order(port, tmp_path, seconds):
+    """A slow request, then a fast one sent while the slow one runs: which finished first?
 
-    def timed(name, path):
-        result = get(port, path)
-        order.append(name)
+    Both clients are OS threads; the fast one starts when the slow view has
+    created its mark file, so it is sent while the slow work is under way
+    whether or not the server's hub is blocked.
+    """
+    order = []
+    mark = tmp_path / "started"
+
+    def slow():
+        result = get(port, f"/slow?t={seconds}&mark={mark}")
+        order.append("slow")
         return result
 
-    slow = gevent.get_hub().threadpool.spawn(timed, "slow", slow_path)
-    gevent.sleep(0.1)  # let the slow request reach the server first
-    fast = gevent.get_hub().threadpool.spawn(timed, "fast", "/")
-    results = slow.get(timeout=20), fast.get(timeout=20)
+    def fast():
+        deadline = time.monotonic() + 10
+        while not mark.exists() and time.monotonic() < deadline:  # another process's state
+            time.sleep(0.005)
+        assert mark.exists(), "the slow view never started"
+        sent = time.monotonic()
+        result = get(port, "/")
+        order.append("fast")
+        return result + (time.monotonic() - sent,)
+
+    pool = gevent.get_hub().threadpool
+    slow_job, fast_job = pool.spawn(slow), pool.spawn(fast)
+    results = slow_job.get(timeout=20), fast_job.get(timeout=20)
     return order, results
 
 
-def test_an_offloaded_route_does_not_stall_the_fast_route(serve):
+def test_an_offloaded_route_does_not_stall_the_fast_route(serve, tmp_path):
     server = serve(http_apps.router)
-    order, ((slow_status, slow_pid, _), (fast_status, fast_pid, _)) = finish_order(server.port, "/slow?1.0")
+    order, ((slow_status, slow_pid, _), (fast_status, fast_pid, _, _)) = finish_order(
+        server.port, tmp_path, 1.0)
     assert (slow_status, fast_status) == (200, 200)
     assert int(fast_pid) == os.getpid() and int(slow_pid) != os.getpid()  # ran in the pool
     assert order == ["fast", "slow"]
 
 
-def test_without_offload_the_same_view_stalls_everyone(serve):
+def test_without_offload_the_same_view_stalls_everyone(serve, tmp_path):
     server = serve(http_apps.inline_router)
-    order, _ = finish_order(server.port, "/slow?0.5")
-    assert order == ["slow", "fast"]  # the hub was blocked: the fast request waited
+    _, (_, (fast_status, _, _, fast_latency)) = finish_order(server.port, tmp_path, 1.0)
+    # The hub was blocked: the fast request, sent just after the slow view
+    # started its 1 s of work, waited for it.
+    assert fast_status == 200 and fast_latency > 0.5
 
 
 def test_offload_decorator_passes_body_and_status(serve):
