@@ -745,3 +745,27 @@ def test_accepted_sockets_have_tcp_nodelay(make_server):
     _, body, _ = read_response(sock)
     sock.close()
     assert body == b"1"
+
+
+def test_garbage_after_a_body_read_by_the_app_fails_only_what_follows(make_server):
+    first_part = gevent.event.Event()
+
+    def app(environ, start_response):
+        stream = environ["wsgi.input"]
+        head = stream.read(5)
+        first_part.set()
+        rest = stream.read()  # arrives with garbage behind it, in one piece
+        start_response("200 OK", [])
+        return [head + rest]
+
+    server = make_server(app)
+    sock = raw(server)
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhello")
+    with gevent.Timeout(10, AssertionError("the app never read the first part")):
+        first_part.wait()
+    sock.sendall(b"world" + b"\x00garbage\r\n\r\n")
+    answer = recv_until_closed(sock)
+    sock.close()
+    first, _, second = answer.partition(b"helloworld")
+    assert first.startswith(b"HTTP/1.1 200 "), answer
+    assert second.startswith(b"HTTP/1.1 400 "), answer

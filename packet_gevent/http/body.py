@@ -84,7 +84,14 @@ class SocketIO:
         if not data:
             conn.close_connection()
             raise ClientDisconnected("the client closed the connection in the middle of the body")
-        conn._parser.feed(data)
+        events_before = len(conn._parser.events)
+        try:
+            conn._parser.feed(data)
+        except HTTPRequestError:
+            if len(conn._parser.events) == events_before:
+                raise  # nothing usable came before the bad bytes: this request is the bad one
+            # The rest of this body (and its END) came before the bad bytes: the
+            # app gets them; the parser keeps the error, answered after this request.
         return len(data)
 
     def wait_drained(self, low: int, timeout: float) -> None:

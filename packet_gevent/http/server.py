@@ -172,6 +172,9 @@ class HTTPConnection(Connection):
                 events.clear()
                 self.close_connection_after_writing()
                 return
+        error = self._parser.error
+        if error is not None and not events:  # bad bytes after good requests read by the app
+            self._refuse(error)
 
     def _on_header_timeout(self) -> None:
         self._header_timer = None
