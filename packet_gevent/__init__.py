@@ -15,11 +15,12 @@ code that forks.
 from typing import TYPE_CHECKING, Any
 
 from .codec import Codec, JsonCodec
-from .errors import (ChannelBroken, ChannelBusy, ChannelClosed, CodecError, FrameError,
-                     FrameTooLarge, IdleTimeout, InvalidWorker, LineTooLong, OutboundOverflow,
-                     PacketError, PeerCertificateRejected, PoolBroken, PoolClosed, ProcessFailed,
-                     ReactorError, ReactorStopping, SerializationError, TaskTimeout, WorkerCrashed,
-                     WorkerError, WorkerLoadError, WorkerStopped)
+from .errors import (ChannelBroken, ChannelBusy, ChannelClosed, ClientDisconnected, CodecError,
+                     FrameError, FrameTooLarge, HTTPRequestError, IdleTimeout, InvalidWorker,
+                     LineTooLong, OutboundOverflow, PacketError, PeerCertificateRejected,
+                     PoolBroken, PoolClosed, ProcessFailed, ReactorError, ReactorStopping,
+                     SerializationError, TaskTimeout, WorkerCrashed, WorkerError, WorkerLoadError,
+                     WorkerStopped)
 from .framing import BinParser, FrameDecoder, encode_frame
 from .lines import LineParser
 from .net.connection import Connection
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # loaded lazily at run time (see __getattr__)
     from .pool.futures import Future, TaskResult, as_completed, wait
     from .workers.pimp import Callback, MetaPimp, Pimp
     from .workers.worker import Worker
+    from .http.server import WSGIServer
 
 __version__ = "0.1.0"
 
@@ -58,6 +60,7 @@ _LAZY = {
     "ChildProcess": "ipc.process",
     "Channel": "ipc.channel",
     "BlockingChannel": "ipc.blocking",
+    "WSGIServer": "http.server",
 }
 
 __all__ = [
@@ -72,6 +75,7 @@ __all__ = [
     "InvalidWorker", "WorkerLoadError", "WorkerCrashed", "WorkerStopped", "WorkerError",
     "SerializationError", "PoolClosed", "PoolBroken", "TaskTimeout", "IdleTimeout",
     "OutboundOverflow", "ChannelClosed", "ChannelBroken", "ChannelBusy",
+    "WSGIServer", "HTTPRequestError", "ClientDisconnected",
 ]
 
 

@@ -42,6 +42,8 @@ __all__ = [
     "PoolBroken",
     "ReactorError",
     "ReactorStopping",
+    "HTTPRequestError",
+    "ClientDisconnected",
 ]
 
 
@@ -198,3 +200,20 @@ class PoolBroken(PacketError, BrokenExecutor):
     def __init__(self, message: str, *, remote_traceback: Optional[str] = None) -> None:
         super().__init__(message)
         self.remote_traceback = remote_traceback
+
+
+class HTTPRequestError(PacketError, ValueError):
+    """An HTTP client sent a request the server refuses (malformed, or over a limit).
+
+    ``status`` is the HTTP status answered (400, 408, 413, 414, 431, 501,
+    505); the connection is closed after that answer.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ClientDisconnected(PacketError, ConnectionError):
+    """The HTTP client went away (or stopped sending) while the app read its body
+    or wrote its response; the app should give up on this request."""
