@@ -4,7 +4,7 @@ import gevent.event
 import pytest
 
 from packet_gevent import Connection
-from packet_gevent.net.runners import MAX_FREE_RUNNERS, SharedTransport, dispatcher_for
+from packet_gevent.net.runners import MAX_FREE_RUNNERS, HubTransport, SharedTransport, dispatcher_for
 from packet_gevent.net.transport import Transport
 from tests.conftest import client, recv_exactly, wait_for
 
@@ -182,4 +182,4 @@ def test_run_in_hub_and_per_connection_handlers_keep_their_own_transport(reactor
         sock = client(reactor.start_server("127.0.0.1", 0, handler))
         wait_for(lambda: len(kinds) == (1 if handler is Hub else 2), message="connection_completed")
         sock.close()
-    assert kinds == [Transport, Transport]
+    assert kinds == [HubTransport, Transport]

@@ -9,9 +9,10 @@ Order of callbacks, for accepted and outgoing connections alike::
     post_init -> on_instance(instance) -> connection_completed
               -> receive_data(data) ... -> unbind(reason)    (exactly once)
 
-Every callback runs in the connection's own greenlet (see transport.py), so it
-may block cooperatively; an exception in a callback is logged with its
-traceback and ends that connection (with ``unbind``); the server goes on.
+Callbacks run in the reactor's shared runner greenlets (net/runners.py; a
+handler may ask for a greenlet of its own, or for the hub), so they may block
+cooperatively; an exception in a callback is logged with its traceback and
+ends that connection (with ``unbind``); the server goes on.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from ..codec import ObjectDecoder, encode_object, get_codec
 from ..errors import FrameError, CodecError
 from ..framing import DEFAULT_MAX_FRAME_SIZE
 from ..timers import Timer, TimerMethods
-from .runners import SharedTransport
+from .runners import HubTransport, SharedTransport
 from .transport import OPEN, Transport
 
 __all__ = ["Connection", "as_connection_class"]
@@ -94,7 +95,9 @@ class Connection(TimerMethods):
     def _pg_setup(self, reactor: Any, on_instance: Optional[Callable[[Any], Any]] = None,
                   *, idle_timeout: Optional[float] = None,
                   high_water: Optional[int] = None, low_water: Optional[int] = None) -> Transport:
-        if self.run_in_hub or self.greenlet_per_connection:
+        if self.run_in_hub:
+            transport: Transport = HubTransport(self, reactor)
+        elif self.greenlet_per_connection:
             transport = Transport(self, reactor)
         else:
             transport = SharedTransport(self, reactor)
@@ -208,9 +211,9 @@ class Connection(TimerMethods):
 
     set_comm_inactivity_timeout = set_idle_timeout
 
-    # Timers (TimerMethods) run in this connection's greenlet, in order with its callbacks.
+    # Timers (TimerMethods) run in order with this connection's other callbacks.
     def next_turn(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` once, on the next loop iteration, in this connection's greenlet."""
+        """Run ``fn(*args)`` once, on the next loop iteration, in order with this connection's callbacks."""
         transport = self._transport
         transport.loop.run_callback(transport.post, fn, args)
 
@@ -248,7 +251,7 @@ class Connection(TimerMethods):
         """Run ``fn(*args, **kwargs)`` in the reactor's fork pool.
 
         The result (or the exception) goes to ``callback`` if given, else to
-        ``worker_receive`` as a reply dict, in this connection's greenlet.
+        ``worker_receive`` as a reply dict, in order with this connection's callbacks.
         """
         return self._reactor.defer_for(self, fn, args, kwargs, callback)
 
