@@ -176,6 +176,7 @@ class Dispatcher:
     def _run_queued(self, me: Any) -> bool:
         """The hot loop: run what is queued; False if a call blocked and another runner took over."""
         queue, ready, loop = self.queue, self.ready, self.loop
+        read, size = _os_read, READ_SIZE  # locals: the loop below runs once per message
         transport = None
         try:
             while True:
@@ -202,7 +203,7 @@ class Dispatcher:
                         transport._readable_while_slow()
                         continue
                     try:
-                        data = _os_read(transport.fd, READ_SIZE)  # see transport.py
+                        data = read(transport.fd, size)  # os.read: see transport.py
                     except _WOULD_BLOCK:
                         continue
                     except OSError as exc:
