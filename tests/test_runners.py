@@ -183,3 +183,36 @@ def test_run_in_hub_and_per_connection_handlers_keep_their_own_transport(reactor
         wait_for(lambda: len(kinds) == (1 if handler is Hub else 2), message="connection_completed")
         sock.close()
     assert kinds == [HubTransport, Transport]
+
+
+def test_runners_keep_serving_after_a_stop_killed_a_blocked_callback():
+    from packet_gevent import Reactor
+    started = gevent.event.Event()
+
+    class Stuck(Connection):
+        def receive_data(self, data):
+            started.set()
+            gevent.sleep(30)
+
+    class Echo(Connection):
+        def receive_data(self, data):
+            self.send_data(data)
+
+    first = Reactor(stop_grace=0.1)
+    first.start()
+    sock = client(first.start_server("127.0.0.1", 0, Stuck))
+    sock.sendall(b"x")
+    assert started.wait(5)
+    first.stop(timeout=0.1)  # kills the runner still blocked in Stuck.receive_data
+    sock.close()
+    second = Reactor(stop_grace=1.0)
+    second.start()
+    try:
+        server = second.start_server("127.0.0.1", 0, Echo)
+        socks = [client(server) for _ in range(3)]
+        for i, s in enumerate(socks):
+            s.sendall(b"%d" % i)
+            assert recv_exactly(s, 1) == b"%d" % i
+            s.close()
+    finally:
+        second.stop(timeout=1.0)
