@@ -46,9 +46,10 @@ class Connection(TimerMethods):
     #: Largest object frame accepted from the peer, in bytes.
     max_object_size: int = DEFAULT_MAX_FRAME_SIZE
     #: Set True only if no callback of this handler ever blocks: they then run
-    #: straight in the hub (no greenlet per connection, no switch per message;
-    #: ~uvloop speed).  A blocking call inside one raises gevent's
-    #: BlockingSwitchOutError, which is logged and closes the connection.
+    #: straight in the hub (no runner greenlet at all; a few % fewer
+    #: instructions per message than the default).  A blocking call inside one
+    #: raises gevent's BlockingSwitchOutError, which is logged and closes the
+    #: connection.
     run_in_hub: bool = False
     #: Set True to give each connection a greenlet of its own, in which all its
     #: callbacks run (``gevent.getcurrent()`` and ``gevent.local`` then are per
