@@ -216,3 +216,27 @@ def test_runners_keep_serving_after_a_stop_killed_a_blocked_callback():
             s.close()
     finally:
         second.stop(timeout=1.0)
+
+
+@pytest.mark.parametrize("own_greenlet", [False, True], ids=["shared-runners", "greenlet-per-connection"])
+def test_hundred_callbacks_sleeping_in_gevent_sleep_are_all_in_flight_at_once(reactor, own_greenlet):
+    state = {"now": 0, "max": 0}
+
+    class Sleeper(Connection):
+        greenlet_per_connection = own_greenlet
+
+        def receive_data(self, data):
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+            gevent.sleep(1.0)  # long enough for all 100 to arrive while the first still sleeps
+            state["now"] -= 1
+            self.send_data(data)
+
+    server = reactor.start_server("127.0.0.1", 0, Sleeper)
+    socks = [client(server) for _ in range(100)]
+    for i, sock in enumerate(socks):
+        sock.sendall(b"%03d" % i)
+    for i, sock in enumerate(socks):
+        assert recv_exactly(sock, 3) == b"%03d" % i
+        sock.close()
+    assert state["max"] == 100
