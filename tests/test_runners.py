@@ -4,7 +4,7 @@ import gevent.event
 import pytest
 
 from packet_gevent import Connection
-from packet_gevent.net.runners import MAX_FREE_RUNNERS, SharedTransport, dispatcher_for
+from packet_gevent.net.runners import MAX_FREE_RUNNERS, HubTransport, SharedTransport, dispatcher_for
 from packet_gevent.net.transport import Transport
 from tests.conftest import client, recv_exactly, wait_for
 
@@ -182,4 +182,61 @@ def test_run_in_hub_and_per_connection_handlers_keep_their_own_transport(reactor
         sock = client(reactor.start_server("127.0.0.1", 0, handler))
         wait_for(lambda: len(kinds) == (1 if handler is Hub else 2), message="connection_completed")
         sock.close()
-    assert kinds == [Transport, Transport]
+    assert kinds == [HubTransport, Transport]
+
+
+def test_runners_keep_serving_after_a_stop_killed_a_blocked_callback():
+    from packet_gevent import Reactor
+    started = gevent.event.Event()
+
+    class Stuck(Connection):
+        def receive_data(self, data):
+            started.set()
+            gevent.sleep(30)
+
+    class Echo(Connection):
+        def receive_data(self, data):
+            self.send_data(data)
+
+    first = Reactor(stop_grace=0.1)
+    first.start()
+    sock = client(first.start_server("127.0.0.1", 0, Stuck))
+    sock.sendall(b"x")
+    assert started.wait(5)
+    first.stop(timeout=0.1)  # kills the runner still blocked in Stuck.receive_data
+    sock.close()
+    second = Reactor(stop_grace=1.0)
+    second.start()
+    try:
+        server = second.start_server("127.0.0.1", 0, Echo)
+        socks = [client(server) for _ in range(3)]
+        for i, s in enumerate(socks):
+            s.sendall(b"%d" % i)
+            assert recv_exactly(s, 1) == b"%d" % i
+            s.close()
+    finally:
+        second.stop(timeout=1.0)
+
+
+@pytest.mark.parametrize("own_greenlet", [False, True], ids=["shared-runners", "greenlet-per-connection"])
+def test_hundred_callbacks_sleeping_in_gevent_sleep_are_all_in_flight_at_once(reactor, own_greenlet):
+    state = {"now": 0, "max": 0}
+
+    class Sleeper(Connection):
+        greenlet_per_connection = own_greenlet
+
+        def receive_data(self, data):
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+            gevent.sleep(1.0)  # long enough for all 100 to arrive while the first still sleeps
+            state["now"] -= 1
+            self.send_data(data)
+
+    server = reactor.start_server("127.0.0.1", 0, Sleeper)
+    socks = [client(server) for _ in range(100)]
+    for i, sock in enumerate(socks):
+        sock.sendall(b"%03d" % i)
+    for i, sock in enumerate(socks):
+        assert recv_exactly(sock, 3) == b"%03d" % i
+        sock.close()
+    assert state["max"] == 100

@@ -9,9 +9,10 @@ Order of callbacks, for accepted and outgoing connections alike::
     post_init -> on_instance(instance) -> connection_completed
               -> receive_data(data) ... -> unbind(reason)    (exactly once)
 
-Every callback runs in the connection's own greenlet (see transport.py), so it
-may block cooperatively; an exception in a callback is logged with its
-traceback and ends that connection (with ``unbind``); the server goes on.
+Callbacks run in the reactor's shared runner greenlets (net/runners.py; a
+handler may ask for a greenlet of its own, or for the hub), so they may block
+cooperatively; an exception in a callback is logged with its traceback and
+ends that connection (with ``unbind``); the server goes on.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from ..errors import CodecError, FrameError, ReactorError
 from ..framing import DEFAULT_MAX_FRAME_SIZE
 from ..timers import Timer, TimerMethods
 from .proxy import start_proxy, stop_proxy, target_ended
-from .runners import SharedTransport
+from .runners import HubTransport, SharedTransport
 from .sendfile import stream_file
 from .transport import CLOSED, OPEN, Transport
 
@@ -48,9 +49,10 @@ class Connection(TimerMethods):
     #: Largest object frame accepted from the peer, in bytes.
     max_object_size: int = DEFAULT_MAX_FRAME_SIZE
     #: Set True only if no callback of this handler ever blocks: they then run
-    #: straight in the hub (no greenlet per connection, no switch per message;
-    #: ~uvloop speed).  A blocking call inside one raises gevent's
-    #: BlockingSwitchOutError, which is logged and closes the connection.
+    #: straight in the hub (no runner greenlet at all; a few % fewer
+    #: instructions per message than the default).  A blocking call inside one
+    #: raises gevent's BlockingSwitchOutError, which is logged and closes the
+    #: connection.
     run_in_hub: bool = False
     #: Set True to give each connection a greenlet of its own, in which all its
     #: callbacks run (``gevent.getcurrent()`` and ``gevent.local`` then are per
@@ -119,9 +121,12 @@ class Connection(TimerMethods):
                   *, idle_timeout: Optional[float] = None,
                   high_water: Optional[int] = None, low_water: Optional[int] = None) -> Transport:
         cls = self._pg_transport_class
-        if cls is Transport and not (self.run_in_hub or self.greenlet_per_connection):
-            cls = SharedTransport  # the default: callbacks on shared runner greenlets
-        transport = cls(self, reactor)
+        if cls is Transport:  # a stream connection: how its callbacks run
+            if self.run_in_hub:
+                cls = HubTransport
+            elif not self.greenlet_per_connection:
+                cls = SharedTransport  # the default: shared runner greenlets
+        transport: Transport = cls(self, reactor)
         self._transport = transport
         self._reactor = reactor
         self._on_instance = on_instance
@@ -408,9 +413,9 @@ class Connection(TimerMethods):
 
     set_comm_inactivity_timeout = set_idle_timeout
 
-    # Timers (TimerMethods) run in this connection's greenlet, in order with its callbacks.
+    # Timers (TimerMethods) run in order with this connection's other callbacks.
     def next_turn(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` once, on the next loop iteration, in this connection's greenlet."""
+        """Run ``fn(*args)`` once, on the next loop iteration, in order with this connection's callbacks."""
         transport = self._transport
         transport.loop.run_callback(transport.post, fn, args)
 
@@ -448,7 +453,7 @@ class Connection(TimerMethods):
         """Run ``fn(*args, **kwargs)`` in the reactor's fork pool.
 
         The result (or the exception) goes to ``callback`` if given, else to
-        ``worker_receive`` as a reply dict, in this connection's greenlet.
+        ``worker_receive`` as a reply dict, in order with this connection's callbacks.
         """
         return self._reactor.defer_for(self, fn, args, kwargs, callback)
 

@@ -1,22 +1,24 @@
 """Shared runners: connections' callbacks run in a few greenlets, not one each.
 
-The default handler mode.  Each connection's socket is read by a libev io
-watcher in the hub, which queues ``(transport, bytes)`` on the hub's
-:class:`Dispatcher`; once per loop turn (not per message) the hub switches
-into the dispatcher's current *runner* greenlet, which runs every queued
-callback in order and switches back when the queue is empty.  Posted calls
-(timers, worker replies, ``defer`` results, ``next_turn``) go through the
-same queue, so a connection's callbacks keep their order.
+The default handler mode (net/transport.py keeps the socket and send queue).
+A readable socket's libev io watcher calls ``deque.append`` on the hub's
+:class:`Dispatcher` (its ``ready`` queue: no Python frame in the hub per
+message); once per loop turn, from a prepare watcher, the hub switches into
+the dispatcher's current *runner* greenlet, which reads every ready socket
+and runs its callback, one after another, and switches back when nothing is
+left.  Posted calls (timers, worker replies, ``defer`` results, ``next_turn``,
+post_init, unbind) go through a second queue drained by the same runner, so a
+connection's callbacks keep their order.
 
-A callback may still block cooperatively.  The next time the hub dispatches,
-it finds the runner parked inside a call: that connection is then *held* by
-the blocked runner (its read watcher stopped, so its later data waits in the
+A callback may still block cooperatively.  gevent then switches to the hub,
+which finds its runner parked inside a call: that connection is *held* by the
+blocked runner (its read watcher stopped, so its later data waits in the
 kernel, in order) and a fresh runner from a small free list takes over the
-queue.  Whatever is queued for a held connection meanwhile goes to its own
-mailbox; when the blocked callback returns, its runner runs that mailbox,
+queues at once.  What is posted for a held connection meanwhile goes to its
+own mailbox; when the blocked callback returns, its runner runs that mailbox,
 releases the connection (restarting its reads) and parks on the free list.
 Greenlets beyond the current runner therefore exist only for callbacks that
-really block, and an idle connection costs no greenlet at all.
+really block, and an idle connection costs no greenlet.
 
 What changes for handlers: ``gevent.getcurrent()`` inside a callback is the
 runner running it, shared with other connections (and ``gevent.local`` with
@@ -35,7 +37,7 @@ import greenlet
 
 from .transport import CALLBACK_ERRORS, CLOSED, OPEN, READ_SIZE, Transport, _WOULD_BLOCK, _os_read
 
-__all__ = ["Dispatcher", "SharedTransport", "dispatcher_for"]
+__all__ = ["Dispatcher", "HubTransport", "SharedTransport", "dispatcher_for"]
 
 logger = logging.getLogger("packet_gevent.net.connection")
 
@@ -65,8 +67,8 @@ def dispatcher_for(hub: Any) -> "Dispatcher":
 class Dispatcher:
     """The hub's queues of connection callbacks and the runners that run them."""
 
-    __slots__ = ("hub", "loop", "ready", "queue", "runner", "running", "flush_pending", "free",
-                 "prepare")
+    __slots__ = ("hub", "loop", "ready", "hub_ready", "queue", "runner", "running", "flush_pending",
+                 "free", "prepare")
 
     def __init__(self, hub: Any) -> None:
         self.hub = hub
@@ -75,6 +77,8 @@ class Dispatcher:
         #: (deque.append called by libev, no Python frame in the hub); the
         #: runner reads them.
         self.ready: Deque[SharedTransport] = collections.deque()
+        #: The same for run_in_hub handlers' transports: read and run in the hub.
+        self.hub_ready: Deque[HubTransport] = collections.deque()
         #: Posted calls: (transport, its _run_posted, (fn, args)).
         self.queue: Deque[Entry] = collections.deque()
         #: The current runner: the next dispatch switches into it.
@@ -104,8 +108,34 @@ class Dispatcher:
         self._dispatch()
 
     def _on_prepare(self) -> None:  # in the hub, every loop turn
+        if self.hub_ready:
+            self._read_in_hub()
         if self.ready or self.queue:
             self._dispatch()
+
+    def _read_in_hub(self) -> None:
+        """Read the ready sockets of run_in_hub handlers and run their callbacks, here."""
+        hub_ready, loop = self.hub_ready, self.loop
+        while hub_ready:
+            transport = hub_ready.popleft()
+            if transport.state is not OPEN or transport.user_paused:
+                continue  # closed, or paused, since its socket became readable
+            try:
+                data = _os_read(transport.fd, READ_SIZE)
+            except _WOULD_BLOCK:
+                continue
+            except OSError as exc:
+                transport._abort(exc)
+                continue
+            if data:
+                if transport.idle_timeout:
+                    transport.last_activity = loop.now()
+                try:
+                    transport.on_data(data)
+                except CALLBACK_ERRORS as exc:
+                    transport._callback_failed(transport.on_data, exc)
+            else:
+                transport._abort(None)
 
     def _dispatch(self) -> None:  # in the hub
         while True:
@@ -146,6 +176,7 @@ class Dispatcher:
     def _run_queued(self, me: Any) -> bool:
         """The hot loop: run what is queued; False if a call blocked and another runner took over."""
         queue, ready, loop = self.queue, self.ready, self.loop
+        read, size = _os_read, READ_SIZE  # locals: the loop below runs once per message
         transport = None
         try:
             while True:
@@ -168,11 +199,11 @@ class Dispatcher:
                     return True
                 while ready:
                     transport = ready.popleft()
-                    if transport.slow:
+                    if transport.slow:  # held, paused or closed
                         transport._readable_while_slow()
                         continue
                     try:
-                        data = _os_read(transport.fd, READ_SIZE)  # see transport.py
+                        data = read(transport.fd, size)  # os.read: see transport.py
                     except _WOULD_BLOCK:
                         continue
                     except OSError as exc:
@@ -229,7 +260,8 @@ class SharedTransport(Transport):
         self._on_readable = functools.partial(dispatcher.ready.append, self)
         #: The runner parked inside a blocked callback of this connection.
         self.held_by: Any = None
-        #: held_by is set or the connection is closed: queued items take _admit's slow path.
+        #: Held (held_by set), paused (user_paused) or closed: what is queued
+        #: for this connection takes the slow path (_admit, _readable_while_slow).
         self.slow = False
         self.first_item: Any = None
         self.unbind_item: Any = None
@@ -281,8 +313,19 @@ class SharedTransport(Transport):
         except CALLBACK_ERRORS as exc:
             self._callback_failed(fn, exc)
 
+    def pause_reading(self) -> None:
+        Transport.pause_reading(self)
+        self.slow = True
+
+    def resume_reading(self) -> None:
+        Transport.resume_reading(self)
+        self._set_slow()
+
+    def _set_slow(self) -> None:
+        self.slow = self.held_by is not None or self.user_paused or self.state is CLOSED
+
     def _readable_while_slow(self) -> None:  # in a runner
-        if self.held_by is not None and self.read_watcher is not None:
+        if self.held_by is not None and self.read_watcher is not None and not self.user_paused:
             # Made ready before it was held (attach while connecting): stop reading.
             self.read_watcher.stop()
             self.busy_stopped = True
@@ -312,7 +355,7 @@ class SharedTransport(Transport):
 
     def _release(self) -> None:
         self.held_by = None
-        self.slow = self.state is CLOSED
+        self._set_slow()
         self.mailbox = None
         if self.busy_stopped and not self.user_paused and self.state is OPEN \
                 and self.read_watcher is not None:
@@ -331,3 +374,20 @@ class SharedTransport(Transport):
     def _unbind_once(self) -> None:
         if not self.unbind_done:
             self._run_unbind()
+
+
+class HubTransport(Transport):
+    """A run_in_hub handler's Transport: its read watcher queues it for the hub's batch read.  Internal."""
+
+    # _on_readable_in_hub: the read watcher's callback, a partial appending this
+    # transport to the dispatcher's hub_ready queue (a slot shadowing the method).
+    __slots__ = ("_on_readable_in_hub",)
+
+    def _init_actor(self) -> None:
+        self.greenlet = None
+        self.idle = True
+        self.mailbox = None  # never used: callbacks run at once, in the hub
+        self._on_readable_in_hub = functools.partial(dispatcher_for(self.hub).hub_ready.append, self)
+
+    def _arrange_unbind(self) -> None:
+        self.loop.run_callback(self._run_unbind)

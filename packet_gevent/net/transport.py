@@ -1,28 +1,29 @@
-"""The I/O engine behind a Connection: a socket, a greenlet and a mailbox.
+"""The I/O engine behind a Connection: socket, send queue, and how callbacks run.
 
-A connection is an actor.  Its callbacks run in its own greenlet, so they may
-block cooperatively; the socket is read by a persistent libev io watcher *in
-the hub*, which switches straight into the greenlet with the bytes (two raw
-greenlet switches per message, no Waiter, no watcher start/stop).  Measured
-with ``python -m benchmarks.echo`` (README, 2-core machine): 7.7-10.4 us of
-server CPU per echo round trip against 12.5-16.6 us for a StreamServer
-recv/sendall loop.  This is the byte fast path of the one greenlet +
-mailbox primitive; workers and the master's runners share the object one,
-:class:`packet_gevent.runner.Mailbox`.
+Three ways to run a connection's callbacks share this socket and write path:
+the default, shared runner greenlets (net/runners.py subclasses Transport);
+``run_in_hub = True``, straight in the hub (``_on_readable_in_hub``); and
+``greenlet_per_connection = True``, the actor loop here: the connection owns a
+greenlet and a mailbox, and a persistent libev io watcher reads the socket *in
+the hub* and switches straight into that greenlet with the bytes (two raw
+greenlet switches per message, no Waiter, no watcher start/stop).
+This is the byte fast path of the greenlet + mailbox primitive; workers and
+the master's reply runners share the object one, :class:`packet_gevent.runner.Mailbox`.
 
-When a callback blocks (``gevent.sleep``, a patched socket...), the greenlet is
-parked by gevent itself.  A read event arriving meanwhile does not switch into
-it: the read watcher is stopped and restarted when the greenlet is idle again,
-so order holds and a busy connection applies backpressure by not reading.
-Everything else that must run "on the connection" (its timers, worker
-replies, ``defer`` results) goes through the same mailbox, in arrival order.
+When a callback blocks (``gevent.sleep``, a patched socket...), its greenlet
+is parked by gevent itself.  A read event arriving meanwhile does not switch
+into it: the read watcher is stopped and restarted when the greenlet is idle
+again, so order holds and a busy connection applies backpressure by not
+reading.  Everything else that must run "on the connection" (its timers,
+worker replies, ``defer`` results) goes through the same mailbox, in arrival
+order.
 
 ``send_data`` writes what the kernel takes now and queues the rest; a write
 watcher flushes the queue in order and stops itself when it is empty.
 
 TLS sockets cannot be read from the hub without blocking it, so they use a
 slower path: a reader greenlet and a writer greenlet on gevent's SSL socket,
-feeding the same mailbox.
+feeding the connection's callbacks through ``post``.
 """
 from __future__ import annotations
 
