@@ -200,8 +200,9 @@ def test_a_dropped_pool_finishes_its_unfinished_tasks_first():
 
 # -- interpreter exit -------------------------------------------------------------------------------
 
-def test_pending_tasks_run_before_the_program_exits():
-    done = run_script("""
+@pytest.mark.parametrize("patched", [False, True], ids=["plain", "patch_all"])
+def test_pending_tasks_run_before_the_program_exits(patched):
+    done = run_script(("from gevent import monkey; monkey.patch_all()\n" if patched else "") + """
         from packet_gevent import ForkPool
         p = ForkPool(1)
         p.submit(print, "x", flush=True)
@@ -210,7 +211,7 @@ def test_pending_tasks_run_before_the_program_exits():
         q.submit(time.sleep, 0.2)
         q.submit(print, "after shutdown(wait=False)", flush=True)
         q.shutdown(wait=False)
-    """)
+    """.replace("\n        ", "\n"))
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["x", "after shutdown(wait=False)"] or \
         sorted(done.stdout.splitlines()) == ["after shutdown(wait=False)", "x"], done.stdout

@@ -23,8 +23,8 @@ joins them):
   yields to the hub every :data:`~.scheduler.SUBMIT_BURST` submits, so the hub keeps
   serving (and the tasks start) while it submits.
 * Each process has a bounded number of tasks in flight (sent, not yet
-  answered): enough for :data:`PIPELINE_SECONDS` of work at the measured
-  seconds per task, between 1 and :data:`MAX_INFLIGHT`.  Tiny tasks stream
+  answered): enough for :data:`~.scheduler.PIPELINE_SECONDS` of work at the measured
+  seconds per task, between 1 and :data:`~.scheduler.MAX_INFLIGHT`.  Tiny tasks stream
   in batches; long ones go one per process, so none waits behind another
   while a process is idle.  The estimate follows the recent tasks (a slower
   batch moves it halfway at once): a long task arriving among tiny ones can
@@ -48,7 +48,7 @@ process are *queued there* (see :mod:`.process`).
 * The process dies (signal, ``os._exit``, segfault): the running task fails
   with :class:`~packet_gevent.WorkerCrashed` (exit code or signal); the
   tasks queued there go back to the front of the queue (a task whose
-  process died under it while queued :data:`MAX_REQUEUES` times fails with
+  process died under it while queued :data:`~.scheduler.MAX_REQUEUES` times fails with
   WorkerCrashed); the process is replaced.  Outcomes the child had not sent
   yet are lost with it, so those tasks (at most ~1 ms of finished work) run
   again.
@@ -338,7 +338,7 @@ class ForkPool(PoolAPI):
         """Stop now: cancel queued tasks, kill the processes; running tasks fail with PoolClosed."""
         self._finalizer.detach()
         scheduler = self._scheduler
-        scheduler.closed = True
+        scheduler.refuse("cannot submit: the pool was killed; create a new pool")
         scheduler.cancel_queued()
         scheduler.abort(PoolClosed("the pool was killed while this task ran"))
 
