@@ -37,6 +37,7 @@ import gevent
 import gevent.event
 import gevent.queue
 from gevent import Timeout
+from gevent._hub_local import get_hub_if_exists
 from gevent._waiter import Waiter
 from gevent.monkey import get_original, is_module_patched
 from greenlet import getcurrent
@@ -553,16 +554,17 @@ def as_completed(fs: Iterable[Future], timeout: Optional[float] = None) -> Itera
 class _WaiterList(list):
     """A future's ``_waiters``: the stdlib's wait() / as_completed() install their waiter here.
 
-    Under plain (unpatched) gevent the waiter's ``threading.Event`` would
-    block the whole hub, so the future it is waiting for could never
-    complete: it is swapped for a gevent Event, which blocks only the
-    calling greenlet (and works from other threads too).  After
-    ``patch_all()`` the stdlib's Event already is gevent's.
+    Under plain (unpatched) gevent, a waiter's ``threading.Event`` waited on
+    in a thread that runs a hub would block that hub, so the future it waits
+    for could never complete: there it is swapped for a gevent Event, which
+    blocks only the calling greenlet.  A thread without a hub keeps the
+    stdlib's Event (blocking it blocks nothing else, and no hub is made for
+    it); after ``patch_all()`` the stdlib's Event already is gevent's.
     """
 
     def append(self, waiter: Any) -> None:
         event = getattr(waiter, "event", None)
         if event is not None and not isinstance(event, gevent.event.Event) \
-                and not is_module_patched("threading"):
+                and get_hub_if_exists() is not None and not is_module_patched("threading"):
             waiter.event = gevent.event.Event()
         super().append(waiter)
