@@ -94,7 +94,7 @@ def test_as_completed_keeps_no_reference_to_a_yielded_future(pool):
     del f
     pending = [pool.submit(nap, 5) for _ in range(2)]
     refs = []
-    with pytest.raises(TimeoutError):
+    with pytest.raises(concurrent.futures.TimeoutError):  # the builtin on 3.11+
         for future in as_completed(finished + pending, timeout=0.3):
             finished.remove(future)
             refs.append(weakref.ref(future))

@@ -47,6 +47,9 @@ __all__ = ["Future", "TaskResult", "wait", "as_completed", "DoneAndNotDone"]
 logger = logging.getLogger(__name__)
 
 _DONE_STATES = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+#: What result(timeout) and as_completed raise: the builtin TimeoutError on
+#: Python >= 3.11, concurrent.futures' own class (not a builtin subclass) on 3.10.
+FutureTimeoutError = concurrent.futures.TimeoutError
 #: Done as ``concurrent.futures.wait`` / ``as_completed`` count it: a future
 #: CANCELLED but not yet notified (by its executor's set_running_or_notify_cancel)
 #: is not done for them.
@@ -180,7 +183,7 @@ class Future(concurrent.futures.Future):
             return self._result
         if state in (CANCELLED, CANCELLED_AND_NOTIFIED):
             raise CancelledError()
-        raise TimeoutError()
+        raise FutureTimeoutError()
 
     def result(self, timeout: Optional[float] = None) -> Any:
         """The task's result; raise its exception, CancelledError, or TimeoutError.
@@ -511,7 +514,7 @@ def wait(fs: Iterable[Future], timeout: Optional[float] = None,
             not_done.discard(future)
             if satisfied():
                 break
-    except TimeoutError:
+    except FutureTimeoutError:
         pass
     return DoneAndNotDone(done, not_done)
 
@@ -539,7 +542,7 @@ def as_completed(fs: Iterable[Future], timeout: Optional[float] = None) -> Itera
             try:
                 future = queue.get(timeout=left)
             except gevent.queue.Empty:
-                raise TimeoutError(f"{len(pending)} (of {total}) futures unfinished") from None
+                raise FutureTimeoutError(f"{len(pending)} (of {total}) futures unfinished") from None
             if future in pending:
                 pending.discard(future)
                 finished.append(future)
