@@ -994,19 +994,20 @@ class PacketFutureTests(FutureTests):
 del FutureTests  # collected once, as PacketFutureTests
 
 
-@pytest.mark.parametrize("cls", [
-    "ForkPoolExecutorTest", "ForkPoolWaitTest", "ForkPoolPacketWaitTest", "ForkPoolAsCompletedTest",
-    "ForkPoolPacketAsCompletedTest", "ForkPoolShutdownTest", "ForkPoolInitializerTest",
-    "ForkPoolFailingInitializerTest", "PacketFutureTests"])
-def test_the_suite_passes_after_patch_all(cls):
-    """Each class again, in a fresh interpreter after gevent.monkey.patch_all()."""
+@pytest.mark.parametrize("classes", [
+    "ForkPoolExecutorTest ForkPoolShutdownTest",
+    "ForkPoolWaitTest ForkPoolPacketWaitTest",
+    "ForkPoolAsCompletedTest ForkPoolPacketAsCompletedTest ForkPoolInitializerTest "
+    "ForkPoolFailingInitializerTest PacketFutureTests"])
+def test_the_suite_passes_after_patch_all(classes):
+    """These classes again, in a fresh interpreter after gevent.monkey.patch_all()."""
     code = ("from gevent import monkey; monkey.patch_all()\n"
             "import sys, pytest\n"
-            "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-x', sys.argv[1]]))\n")
+            "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-x', *sys.argv[1:]]))\n")
     env = dict(os.environ, PACKET_GEVENT_PEER_PATCHED="1",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    target = f"{os.path.abspath(__file__)}::{cls}"
-    done = subprocess.run([sys.executable, "-c", code, target], cwd=ROOT, env=env,
+    targets = [f"{os.path.abspath(__file__)}::{cls}" for cls in classes.split()]
+    done = subprocess.run([sys.executable, "-c", code, *targets], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout, done.stdout[-2000:]

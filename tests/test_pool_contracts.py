@@ -94,7 +94,7 @@ def test_as_completed_keeps_no_reference_to_a_yielded_future(pool):
     del f
     pending = [pool.submit(nap, 5) for _ in range(2)]
     refs = []
-    with pytest.raises(TimeoutError):
+    with pytest.raises(concurrent.futures.TimeoutError):  # the builtin on 3.11+
         for future in as_completed(finished + pending, timeout=0.3):
             finished.remove(future)
             refs.append(weakref.ref(future))
@@ -200,8 +200,9 @@ def test_a_dropped_pool_finishes_its_unfinished_tasks_first():
 
 # -- interpreter exit -------------------------------------------------------------------------------
 
-def test_pending_tasks_run_before_the_program_exits():
-    done = run_script("""
+@pytest.mark.parametrize("patched", [False, True], ids=["plain", "patch_all"])
+def test_pending_tasks_run_before_the_program_exits(patched):
+    done = run_script(("from gevent import monkey; monkey.patch_all()\n" if patched else "") + """
         from packet_gevent import ForkPool
         p = ForkPool(1)
         p.submit(print, "x", flush=True)
@@ -210,7 +211,7 @@ def test_pending_tasks_run_before_the_program_exits():
         q.submit(time.sleep, 0.2)
         q.submit(print, "after shutdown(wait=False)", flush=True)
         q.shutdown(wait=False)
-    """)
+    """.replace("\n        ", "\n"))
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["x", "after shutdown(wait=False)"] or \
         sorted(done.stdout.splitlines()) == ["after shutdown(wait=False)", "x"], done.stdout

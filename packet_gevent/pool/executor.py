@@ -6,8 +6,9 @@ over one :class:`~.scheduler.Scheduler`, which runs the tasks on forked
 processes (:class:`ForkBackend`: :mod:`.process`):
 
 * ``concurrent.futures.Executor``: ``submit``, ``map``, ``shutdown``, context manager;
-* gevent's ThreadPool names: ``spawn``, ``apply``, ``apply_async``, ``imap``,
-  ``imap_unordered``, ``join``, ``kill``, so gevent code switches in one line::
+* gevent's ThreadPool names: ``spawn``, ``apply``, ``apply_cb``, ``apply_async``,
+  ``map_async``, ``imap``, ``imap_unordered``, ``join``, ``kill``, ``size``,
+  ``maxsize``, so gevent code switches in one line::
 
       pool = gevent.threadpool.ThreadPool(4)   # before
       pool = packet_gevent.ForkPool(4)         # after
@@ -23,8 +24,8 @@ joins them):
   yields to the hub every :data:`~.scheduler.SUBMIT_BURST` submits, so the hub keeps
   serving (and the tasks start) while it submits.
 * Each process has a bounded number of tasks in flight (sent, not yet
-  answered): enough for :data:`PIPELINE_SECONDS` of work at the measured
-  seconds per task, between 1 and :data:`MAX_INFLIGHT`.  Tiny tasks stream
+  answered): enough for :data:`~.scheduler.PIPELINE_SECONDS` of work at the measured
+  seconds per task, between 1 and :data:`~.scheduler.MAX_INFLIGHT`.  Tiny tasks stream
   in batches; long ones go one per process, so none waits behind another
   while a process is idle.  The estimate follows the recent tasks (a slower
   batch moves it halfway at once): a long task arriving among tiny ones can
@@ -36,8 +37,11 @@ joins them):
 Differences from gevent's ThreadPool: ``map`` is the Executor's (an
 iterator, all tasks submitted at once; ``list(pool.map(...))`` for a list),
 ``spawn`` never waits for a free worker (use ``max_pending`` to bound the
-queue), and ``apply``/``submit`` from inside a pool process do not reach the
-pool (``apply`` runs the call inline there, ``submit`` raises).
+queue), the size is fixed (setting ``size`` or ``maxsize`` raises
+AttributeError), ``apply``/``submit`` from inside a pool process do not reach
+the pool (``apply`` runs the call inline there, ``submit`` raises), and a
+ForkPool refuses to be gevent's ``hub.threadpool`` (gevent's own calls there
+cannot travel to another process).
 
 Every task gets exactly one outcome.  *Running* means: named in the child's
 shared marker as started and not answered yet; other tasks sent to that
@@ -48,7 +52,7 @@ process are *queued there* (see :mod:`.process`).
 * The process dies (signal, ``os._exit``, segfault): the running task fails
   with :class:`~packet_gevent.WorkerCrashed` (exit code or signal); the
   tasks queued there go back to the front of the queue (a task whose
-  process died under it while queued :data:`MAX_REQUEUES` times fails with
+  process died under it while queued :data:`~.scheduler.MAX_REQUEUES` times fails with
   WorkerCrashed); the process is replaced.  Outcomes the child had not sent
   yet are lost with it, so those tasks (at most ~1 ms of finished work) run
   again.
@@ -67,7 +71,11 @@ process are *queued there* (see :mod:`.process`).
 
 Processes start on the first submit (so functions defined before that are
 importable in them), from the main thread, and run under SCHED_BATCH.  They
-die with the master (PDEATHSIG), at ``shutdown()`` and at interpreter exit.
+die with the master (PDEATHSIG), at ``shutdown()`` and at interpreter exit,
+which first waits for the tasks submitted (like the stdlib executors; then
+``submit`` raises).  A ForkPool nobody holds is collected (ResourceWarning)
+and closes once its tasks are done: only its Scheduler is referenced from
+the hub's watchers.
 Measured on this 2-core VM (benchmarks/pool.py, medians; the machine is
 shared, so figures move by 2x between runs): ~150-300k tiny tasks/s, hub
 stall while submitting 20,000 tasks 2.5-6 ms (12 ms when CPython's full GC
@@ -338,7 +346,7 @@ class ForkPool(PoolAPI):
         """Stop now: cancel queued tasks, kill the processes; running tasks fail with PoolClosed."""
         self._finalizer.detach()
         scheduler = self._scheduler
-        scheduler.closed = True
+        scheduler.refuse("cannot submit: the pool was killed; create a new pool")
         scheduler.cancel_queued()
         scheduler.abort(PoolClosed("the pool was killed while this task ran"))
 
