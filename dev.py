@@ -22,7 +22,7 @@ def ensure_venv() -> None:
     if not os.path.exists(PYTHON):
         print("dev.py: creating virtual environment in .venv", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    setup_mtime = max(os.path.getmtime(os.path.join(ROOT, f)) for f in ("setup.cfg", "setup.py"))
+    setup_mtime = max(os.path.getmtime(os.path.join(ROOT, f)) for f in ("setup.cfg", "setup.py", "pyproject.toml"))
     if os.path.exists(STAMP) and os.path.getmtime(STAMP) >= setup_mtime:
         return
     print("dev.py: installing packet_gevent and its test dependencies", flush=True)
