@@ -57,11 +57,19 @@ support a 5 ms ``waitpid(pid, WNOHANG)`` poll timer is used.  Measured here
 process down); ``spawn_child`` returns in 1.5-2 ms; spawn, first channel round
 trip and exit take ~7 ms.
 
-Python 3.11 does not warn about forking a process that has threads (3.12+ does:
-gevent's threadpool and resolver threads count).  Only the forking thread
-exists in the child; the child never touches the old hub's threadpool, and
-CPython re-initialises its own locks after fork.  Call spawn_child from the
-main thread: PR_SET_PDEATHSIG fires when the *thread* that forked exits.
+Fork under threads: Python 3.12+ warns (DeprecationWarning "This process is
+multi-threaded, use of fork() may lead to deadlocks in the child") when a
+process with threads forks; gevent's threadpool and resolver threads count
+(one ``gevent.socket.getaddrinfo`` starts one).  We silence that warning for
+our own fork only, as gevent does for its fork since 24.10, because here it is
+a false alarm: only the forking thread exists in the child; the child never
+touches the old hub's threadpool (it is abandoned with the hub) and starts a
+fresh hub; CPython re-initialises its own locks (import lock, logging, the GIL)
+after fork.  What remains true: a lock that *another* thread of the parent
+held at the fork (a C library's, e.g. glibc's resolver inside that thread's
+getaddrinfo) stays held in the child, so a child must not rely on state a
+thread of the parent was changing.  Call spawn_child from the main thread:
+PR_SET_PDEATHSIG fires when the *thread* that forked exits.
 """
 from __future__ import annotations
 
@@ -77,6 +85,7 @@ import socket
 import stat
 import sys
 import traceback
+import warnings
 from typing import Callable, Dict, Iterable, List, Optional, Set
 
 import _signal
@@ -366,7 +375,9 @@ def spawn_child(target: Callable[..., Optional[int]], *, name: str = "", args: t
     keep = frozenset(keep_fds)
     parent_pid = os.getpid()
     _flush_stdio()  # or buffered output would be written twice
-    pid = _fork()
+    with warnings.catch_warnings():  # a false alarm here (module docstring), even under -W error
+        warnings.filterwarnings("ignore", "This process .*is multi-threaded", DeprecationWarning)
+        pid = _fork()
     if pid == 0:  # child: never returns
         _child_main(target, args, name, child_fd, parent_sock, keep, parent_pid, ignore_sigint)
     _close(child_fd)  # now, before anything can fork again (trap 2)
