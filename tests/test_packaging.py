@@ -30,10 +30,10 @@ def test_python_floor_is_the_oldest_tested_version_and_this_one_qualifies():
 def test_gevent_floor_depends_on_the_python_patch_release():
     requires = [line.strip() for line in _setup_cfg()["options"]["install_requires"].splitlines()
                 if line.strip()]
-    assert 'gevent>=24.11.1; python_full_version < "3.13.5"' in requires
+    assert 'gevent>=25.4.1; python_full_version < "3.13.5"' in requires
     assert 'gevent>=25.8.1; python_full_version >= "3.13.5"' in requires
     import gevent
-    floor = (25, 8, 1) if sys.version_info >= (3, 13, 5) else (24, 11, 1)
+    floor = (25, 8, 1) if sys.version_info >= (3, 13, 5) else (25, 4, 1)
     assert tuple(int(p) for p in gevent.__version__.split(".")[:3]) >= floor
 
 
