@@ -471,12 +471,16 @@ def _clean_gevent_world(ignore_sigint: bool, own_fd: int, keep: frozenset) -> bo
     global _libev_sigchld_in_parent
     owned = _gevent_owned_signals(range(1, _signal.NSIG))
     _libev_sigchld_in_parent = _signal.SIGCHLD in owned
-    _reset_signals(owned, ignore_sigint)
+    _reset_signals(owned)
     siblings = list(_LIVE.values())
     _LIVE.clear()
     hub = get_hub_if_exists()
     if hub is not None:
         _abandon_hub(hub, stop_stale_watchers=bool(owned))
+    # After the hub: stopping the parent's last libev SIGINT watcher (Reactor.run's)
+    # resets SIGINT to SIG_DFL, which would undo an ignore set before it.
+    # Ctrl-C reaches the whole process group: by default the master decides.
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN if ignore_sigint else _signal.SIG_DFL)
     _release_fds(own_fd, keep, [c._pidfd for c in siblings])
     _clear_gevent_child_table()
     return hub is not None
@@ -485,7 +489,7 @@ def _clean_gevent_world(ignore_sigint: bool, own_fd: int, keep: frozenset) -> bo
 _libev_sigchld_in_parent = False
 
 
-def _reset_signals(owned_by_gevent: Set[int], ignore_sigint: bool) -> None:
+def _reset_signals(owned_by_gevent: Set[int]) -> None:
     """Default disposition for the signals the parent handled in Python or libev.
 
     Ignored signals stay ignored (SIGPIPE, nohup's SIGHUP); C handlers of other
@@ -499,8 +503,6 @@ def _reset_signals(owned_by_gevent: Set[int], ignore_sigint: bool) -> None:
                 _signal.signal(signum, _signal.SIG_DFL)
         except (OSError, ValueError, RuntimeError):  # reserved real-time signals
             pass
-    # Ctrl-C reaches the whole process group: by default the master decides.
-    _signal.signal(_signal.SIGINT, _signal.SIG_IGN if ignore_sigint else _signal.SIG_DFL)
 
 
 def _abandon_hub(hub, stop_stale_watchers: bool) -> None:

@@ -65,7 +65,7 @@ from ..errors import (ChannelClosed, FrameError, InvalidWorker, SerializationErr
 from .loader import find_proxy_class, load_worker_root
 from .pimp import Callback, MetaPimp, Pimp
 from ..runner import SerialRunner
-from .worker import INIT_FAILED, LOG, MSG, READY, ROUTING_KEYS, Worker, error_reply
+from .worker import INIT_FAILED, LOG, MSG, READY, ROUTING_KEYS, SIGTERMED, Worker, error_reply
 from .process import WorkerProcess
 
 __all__ = ["WorkerManager", "Worker", "Pimp", "MetaPimp", "Callback", "load_worker_root",
@@ -488,10 +488,27 @@ class WorkerManager:
             level, text = payload
             logging.getLogger(f"{__package__}.{group.name}").log(level, "[%s pid %d] %s",
                                                                group.label, proc.pid, text)
+        elif kind == SIGTERMED:
+            if not proc.stopping and not getattr(proc, "stopped_by_sigterm", False):
+                logger.warning("worker %s (pid %d) received SIGTERM (not from the master): stopping "
+                               "it once its %d requests in flight are answered; it is not restarted",
+                               group.label, proc.pid, len(proc.inflight))
+                proc.stopped_by_sigterm = True
+                proc.closing = True  # no new requests
+                gevent.spawn(self._stop_when_answered, proc, self.reactor.stop_grace)
         elif kind == INIT_FAILED:
             logger.error("worker %s (pid %d): worker_init raised:\n%s", group.label, proc.pid, payload)
         else:
             logger.warning("%s (pid %d) sent an unknown message kind %r", group.label, proc.pid, kind)
+
+    @staticmethod
+    def _stop_when_answered(proc: WorkerProcess, grace: float) -> None:
+        loop = gevent.get_hub().loop
+        deadline = loop.now() + grace
+        while proc.inflight and not proc.dead and loop.now() < deadline:
+            gevent.sleep(0.01)
+        if not proc.dead and not proc.stopping:
+            proc.stop(max(0.5, deadline - loop.now()), "stopped: it received SIGTERM")
 
     @staticmethod
     def _to_pimp(pimp: Pimp, proc: WorkerProcess, payload: Dict[str, Any]) -> None:
@@ -525,6 +542,13 @@ class WorkerManager:
         if proc.stopping:
             logger.log(logging.WARNING if requests else logging.DEBUG, "%s%s", text,
                        f"; {len(requests)} requests answered with an error" if requests else "")
+            if getattr(proc, "stopped_by_sigterm", False) and not self._stopping \
+                    and not group.deleted and not any(p is not None for p in group.procs):
+                # Its group is gone, as after delete_worker: asks fail at once with
+                # InvalidWorker instead of waiting for a restart that never comes.
+                if self._groups.get((group.name, group.key)) is group:
+                    del self._groups[(group.name, group.key)]
+                self._fail_waiting(group, f"{text}; not restarted")
         else:
             self._after_crash(group, proc, text, len(requests))
         if not self._procs:

@@ -20,6 +20,9 @@ the replies to one connection keep the order of its requests.  An exception
 in ``receive_data`` becomes a ``type="error"`` reply for that request (with
 the traceback text) and the worker lives on.
 
+SIGINT is ignored (the master decides); SIGTERM makes the worker ask the master
+to stop it, which the master does once the requests it sent are answered.
+
 Replies are routed by the ``request_id`` (and ``client_signature``) keys of
 the request dict, so the Packet idiom of changing the request and sending it
 back works; ``reply(request, data)`` builds such a reply; and a fresh dict
@@ -32,6 +35,7 @@ import collections
 import logging
 import os
 import re
+import signal
 import traceback
 from typing import Any, Deque, Dict, Optional, Tuple
 
@@ -54,6 +58,7 @@ STOP = "stop"        # master -> worker: finish what is queued, then exit 0
 READY = "ready"      # worker -> master: worker_init done
 LOG = "log"          # worker -> master: (level, text) from Worker.log
 INIT_FAILED = "init_failed"  # worker -> master: traceback text of worker_init
+SIGTERMED = "sigterm"  # worker -> master: SIGTERM arrived (not from the master); stop me
 _CLOSED = object()   # in the worker's inbox: the channel closed (payload: None or the error)
 
 _raw_switch = greenlet.greenlet.switch
@@ -314,6 +319,25 @@ def _serve(worker: Worker, channel: Any) -> None:
     """
     inbox = _Inbox()
     channel.start(inbox.put, lambda exc: inbox.put((_CLOSED, exc)))
+    # SIGTERM from outside (an operator, systemd's KillMode=control-group): the master is
+    # told and answers with STOP, queued after every request it has sent us, so all of
+    # them are answered before we exit 0.
+    sigterm = gevent.signal_handler(signal.SIGTERM, _on_sigterm, worker, channel, inbox)
+    try:
+        _serve_inbox(worker, inbox)
+    finally:
+        sigterm.cancel()
+
+
+def _on_sigterm(worker: Worker, channel: Any, inbox: "_Inbox") -> None:
+    logger.info("%r: SIGTERM; the master stops it after the requests it has", worker)
+    try:
+        channel.send((SIGTERMED, os.getpid()))
+    except Exception:  # no master to tell: stop on our own after what is queued
+        inbox.put((STOP, None))
+
+
+def _serve_inbox(worker: Worker, inbox: "_Inbox") -> None:
     while True:
         kind, payload = inbox.get()
         if kind == MSG:
