@@ -341,13 +341,24 @@ class Reactor(TimerMethods):
 
     # ---------------------------------------------- timers (TimerMethods)
     # Reactor timers run each callback in a greenlet of its own.
+    # Once stop() was called, new next_turn calls and timers are dropped (EventMachine
+    # drops them too); the timers that existed are cancelled by stop().
     def next_turn(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` once, on the next loop iteration, in a greenlet of its own."""
+        """Run ``fn(*args)`` once, on the next loop iteration, in a greenlet of its own.
+
+        Dropped (debug log) once ``stop()`` has been called."""
+        if self._stopping:
+            logger.debug("next_turn(%r) dropped: the reactor is stopping", fn)
+            return
         self.hub.loop.run_callback(self._dispatch, fn, args)
 
     def _timer(self, seconds: float, fn: Callable[..., Any], args: tuple, *, periodic: bool) -> Timer:
         timer = Timer(self.hub.loop, seconds, fn, args, periodic=periodic,
                       dispatch=self._dispatch, on_done=self._timers.discard)
+        if self._stopping:  # returned cancelled, so cancel() and .active still work
+            logger.debug("timer for %r dropped: the reactor is stopping", fn)
+            timer.cancel()
+            return timer
         self._timers.add(timer)
         return timer
 
@@ -404,9 +415,14 @@ class Reactor(TimerMethods):
         return self._started and not self._stopped.is_set()
 
     def start(self) -> "Reactor":
-        """Start serving in the background (returns at once)."""
+        """Start serving in the background (returns at once).
+
+        A reactor runs once: ``start()`` after ``stop()`` raises ReactorError."""
         if self._started:
             return self
+        if self._stopping:
+            raise ReactorError("this reactor was stopped before it started; a reactor runs "
+                               "once: create a new Reactor")
         self._started = True
         self.hub = gevent.get_hub()
         for server in self.servers:
@@ -416,8 +432,11 @@ class Reactor(TimerMethods):
         return self
 
     def serve_forever(self) -> None:
-        """Start if needed, then block the calling greenlet until the reactor stops."""
-        self.start()
+        """Start if needed, then block the calling greenlet until the reactor stops.
+
+        Returns at once when ``stop()`` was called already (``EM.run { EM.stop }``)."""
+        if not self._stopping:
+            self.start()
         self._stopped.wait()
 
     def wait(self, timeout: Optional[float] = None) -> bool:
@@ -503,11 +522,20 @@ class Reactor(TimerMethods):
         """Packet's ``Reactor.run``: build, ``setup(reactor)``, serve until stopped.
 
         SIGINT and SIGTERM (in the main thread) stop the reactor gracefully;
-        ``run`` then returns the stopped reactor.
+        ``run`` then returns the stopped reactor.  A setup that calls
+        ``reactor.stop()`` makes ``run`` return once it has stopped; a setup
+        that raises has everything it opened closed before the exception
+        propagates.
         """
         reactor = cls(**options)
         if setup is not None:
-            setup(reactor)
+            try:
+                setup(reactor)
+            except BaseException:
+                # Release what setup opened (listening sockets, connections, workers)
+                # now, not at some gc pass: a second run must be able to bind again.
+                reactor.stop(timeout=0)
+                raise
         handlers = []
         previous = {}
         if threading.current_thread() is threading.main_thread():

@@ -1,0 +1,136 @@
+"""EventMachine's run/stop contract on the core reactor: EM.run { EM.stop }, a failing setup,
+calls scheduled after stop, periodic timers of 0 s."""
+import socket
+
+import gevent
+import gevent.event
+import pytest
+
+from packet_gevent import Connection, Reactor, ReactorError
+from packet_gevent.net.reactor import Reactor as CoreReactor
+
+
+class Quiet(Connection):
+    pass
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("cls", [CoreReactor, Reactor])
+def test_setup_that_stops_the_reactor_makes_run_return(cls):
+    seen = []
+
+    def setup(r):
+        server = r.start_server("127.0.0.1", 0, Quiet)
+        seen.append(server)
+        r.stop()
+
+    with gevent.Timeout(10):
+        reactor = cls.run(setup)
+    assert not reactor.running and reactor.wait(0)
+    assert seen[0].listener.fileno() == -1   # closed by stop()
+    with pytest.raises(ReactorError, match="runs once"):
+        reactor.start()
+
+
+def test_a_setup_that_raises_releases_its_listening_socket():
+    port = _free_port()
+
+    def setup(r):
+        r.start_server("127.0.0.1", port, Quiet)
+        raise RuntimeError("setup failed")
+
+    for _ in range(2):   # the second run binds the same port again
+        with pytest.raises(RuntimeError, match="setup failed"):
+            CoreReactor.run(setup)
+    with socket.create_server(("127.0.0.1", port)):   # free once more
+        pass
+
+
+def test_next_turn_and_timers_after_stop_are_dropped():
+    r = CoreReactor().start()
+    ran = []
+    before = r.add_timer(0.05, ran.append, "timer before stop")
+    r.stop(timeout=1)
+    assert not before.active
+    r.next_turn(ran.append, "next_turn")
+    after = r.add_timer(0, ran.append, "timer")
+    periodic = r.add_periodic_timer(0.001, ran.append, "periodic")
+    assert not after.active and not periodic.active
+    after.cancel()   # still a Timer: cancel is harmless
+    gevent.sleep(0.1)
+    assert ran == []
+
+
+def test_periodic_timer_of_zero_seconds_runs_every_loop_turn():
+    r = CoreReactor().start()
+    try:
+        done = gevent.event.Event()
+        ticks = []
+
+        def tick():
+            ticks.append(1)
+            if len(ticks) == 50:
+                done.set()
+
+        timer = r.add_periodic_timer(0, tick)
+        assert done.wait(5)
+        timer.cancel()
+        count = len(ticks)
+        gevent.sleep(0.05)
+        assert len(ticks) == count and timer.fired == count
+    finally:
+        r.stop(timeout=1)
+
+
+def test_negative_intervals_are_still_refused():
+    r = CoreReactor()
+    with pytest.raises(ValueError, match=">= 0"):
+        r.add_periodic_timer(-1, lambda: None)
+
+
+def _slow_triple(n):
+    import time
+    time.sleep(0.5)
+    return n * 3
+
+
+class Deferring(Connection):
+    def receive_data(self, data):
+        self.defer(_slow_triple, int(data), callback=self.answer)
+
+    def answer(self, result):
+        self.send_data(f"= {result}\n".encode())
+
+
+def test_stop_waits_for_a_defer_in_flight_and_delivers_its_result():
+    r = Reactor(pool_size=1).start()
+    try:
+        server = r.start_server("127.0.0.1", 0, Deferring)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+            client.sendall(b"7")
+            with gevent.Timeout(5):   # the task is submitted before stop begins
+                while not len(r.pool):
+                    gevent.sleep(0.005)
+            stopper = gevent.spawn(r.stop, 5.0)
+            answer = _read_line(client)
+            stopper.join(10)
+        assert answer == "= 21\n"
+    finally:
+        r.stop(timeout=5)
+
+
+def _read_line(sock):
+    import gevent.socket
+    buf = b""
+    while not buf.endswith(b"\n"):
+        gevent.socket.wait_read(sock.fileno(), timeout=10)
+        chunk = sock.recv(100)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode()
