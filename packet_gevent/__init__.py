@@ -18,7 +18,7 @@ from .codec import Codec, JsonCodec
 from .errors import (ChannelClosed, CodecError, FrameError, IdleTimeout, InvalidWorker,
                      OutboundOverflow, PacketError, PoolBroken, PoolClosed, ReactorError,
                      ReactorStopping, SerializationError, TaskTimeout, WorkerCrashed, WorkerError,
-                     WorkerLoadError)
+                     WorkerLoadError, WorkerTimeout)
 from .framing import BinParser, FrameDecoder, encode_frame
 from .net.connection import Connection
 from .net.server import Server
@@ -59,7 +59,8 @@ __all__ = [
     "ForkPool", "Future", "TaskResult", "wait", "as_completed",
     "spawn_child", "ChildProcess", "Channel", "BlockingChannel",
     "PacketError", "ReactorError", "ReactorStopping", "FrameError", "CodecError",
-    "InvalidWorker", "WorkerLoadError", "WorkerCrashed", "WorkerError", "SerializationError",
+    "InvalidWorker", "WorkerLoadError", "WorkerCrashed", "WorkerError", "WorkerTimeout",
+    "SerializationError",
     "PoolClosed", "PoolBroken", "TaskTimeout", "IdleTimeout", "OutboundOverflow", "ChannelClosed",
 ]
 

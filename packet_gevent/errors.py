@@ -22,6 +22,7 @@ __all__ = [
     "OutboundOverflow",
     "ChannelClosed",
     "TaskTimeout",
+    "WorkerTimeout",
     "PoolBroken",
     "ReactorError",
     "ReactorStopping",
@@ -116,6 +117,14 @@ class TaskTimeout(PacketError, TimeoutError):
 
     A ``TimeoutError``, so ``except TimeoutError`` catches it; waiting on a
     future with ``result(timeout)`` raises the plain ``TimeoutError`` instead.
+    """
+
+
+class WorkerTimeout(PacketError, TimeoutError):
+    """A worker did not answer an ``ask_worker(..., timeout=s)`` request within ``s`` seconds.
+
+    The request was answered with this error; the worker was left running (a
+    reply it sends later is dropped).  A ``TimeoutError``.
     """
 
 

@@ -198,3 +198,33 @@ def test_a_worker_sigtermed_by_an_operator_answers_its_requests_and_is_not_resta
             reactor.ask_worker("slow_doubler", data=9, callback=lambda reply: None)
     finally:
         reactor.stop(timeout=5)
+
+
+class LateReplier(Worker):
+    worker_name = "late_replier"
+
+    def receive_data(self, request):
+        gevent.sleep(request["data"])
+        self.reply(request, "late" if request["data"] else "prompt")
+
+
+def test_ask_worker_timeout_answers_once_with_an_error_and_drops_the_late_reply():
+    from packet_gevent import Reactor, WorkerTimeout
+    reactor = Reactor(stop_grace=2.0).start()
+    try:
+        reactor.start_worker(worker=LateReplier)
+        first, second = [], gevent.event.AsyncResult()
+        answered = gevent.event.Event()
+        reactor.ask_worker("late_replier", data=1.0, timeout=0.2,
+                           callback=lambda reply: (first.append(reply), answered.set()))
+        reactor.ask_worker("late_replier", data=0, callback=second.set)   # after the late reply
+        assert answered.wait(0.9)          # by the timeout, before the worker's reply (1 s)
+        assert first[0]["type"] == "error" and isinstance(first[0]["exception"], WorkerTimeout)
+        assert "did not answer" in first[0]["error"] and "0.2 s" in first[0]["error"]
+        assert second.get(timeout=10)["data"] == "prompt"
+        assert len(first) == 1             # the late "late" reply was dropped
+        assert reactor.workers.pending_count() == 0
+        with pytest.raises(ValueError, match="> 0"):
+            reactor.ask_worker("late_replier", data=0, timeout=0, callback=print)
+    finally:
+        reactor.stop(timeout=2)

@@ -61,7 +61,7 @@ import gevent
 import gevent.event
 
 from ..errors import (ChannelClosed, FrameError, InvalidWorker, SerializationError, WorkerCrashed,
-                     WorkerError)
+                      WorkerError, WorkerTimeout)
 from .loader import find_proxy_class, load_worker_root
 from .pimp import Callback, MetaPimp, Pimp
 from ..runner import SerialRunner
@@ -92,7 +92,7 @@ RESTART_RESET = 10.0
 class _Request:
     """One request awaiting its answer."""
 
-    __slots__ = ("rid", "message", "conn_sig", "callback", "asker", "origin", "proc")
+    __slots__ = ("rid", "message", "conn_sig", "callback", "asker", "origin", "proc", "timer")
 
     def __init__(self, rid: int, message: Dict[str, Any], conn_sig: Optional[int],
                  callback: Optional[Callback], asker: Optional[WorkerProcess] = None,
@@ -104,6 +104,7 @@ class _Request:
         self.asker = asker          # the worker process that asked (worker -> worker)
         self.origin = origin        # that worker's own routing keys, restored on the reply
         self.proc: Optional[WorkerProcess] = None
+        self.timer: Any = None      # ask_worker(..., timeout=): answers it with WorkerTimeout
 
 
 class _Group:
@@ -244,7 +245,8 @@ class WorkerManager:
 
     # ------------------------------------------------------------ asking
     def ask(self, conn: Any, worker_name: str, data: Any = None, type: str = "request",
-            worker_key: Any = None, callback: Any = None, **extra: Any) -> Optional[int]:
+            worker_key: Any = None, callback: Any = None, timeout: Optional[float] = None,
+            **extra: Any) -> Optional[int]:
         """Send a request to a worker; return its request id.
 
         The answer goes to ``callback`` if given, else to ``conn.worker_receive``.
@@ -252,10 +254,15 @@ class WorkerManager:
         callback) is tracked (answered exactly once, an error if the worker
         dies); anything else is sent as is, without ``request_id`` (None is
         returned), and a reply to it is routed by ``client_signature`` alone.
+        ``timeout`` (seconds, tracked requests only): without a reply by then,
+        the request is answered with a ``type="error"`` reply carrying a
+        :class:`~packet_gevent.WorkerTimeout`; a later reply is dropped.
         Raises InvalidWorker if the worker is not running, SerializationError
         if the message cannot be pickled, FrameError if it is over
         ``max_message_size``.
         """
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"ask_worker timeout must be > 0 seconds (or None), got {timeout!r}")
         group = self._group(worker_name, worker_key)
         cb: Optional[Callback] = None
         if callback is not None:
@@ -273,8 +280,37 @@ class WorkerManager:
         rid = message["request_id"] = next(self._rids)
         request = _Request(rid, message, conn_sig, cb)
         self._pending[rid] = request
-        self._dispatch(group, request)
+        if timeout is not None:
+            request.timer = gevent.get_hub().loop.timer(timeout)
+            request.timer.start(gevent.spawn_raw, self._timed_out, request, group, timeout)
+        try:
+            self._dispatch(group, request)
+        except BaseException:
+            self._pending.pop(rid, None)
+            self._cancel_timer(request)
+            raise
         return rid
+
+    def _timed_out(self, request: _Request, group: _Group, timeout: float) -> None:
+        request.timer = None
+        if self._pending.get(request.rid) is not request:
+            return  # answered meanwhile
+        del self._pending[request.rid]
+        self._settle(request)
+        try:
+            group.waiting.remove(request)
+        except ValueError:
+            pass
+        text = (f"WorkerTimeout: worker {group.label} did not answer request {request.rid} within "
+                f"{timeout} s (ask_worker timeout); a later reply will be dropped")
+        logger.warning("%s", text)
+        self._answer(request, self._master_error(request, text, WorkerTimeout(text)))
+
+    @staticmethod
+    def _cancel_timer(request: _Request) -> None:
+        timer, request.timer = request.timer, None
+        if timer is not None:
+            timer.close()
 
     def send_untracked(self, worker_name: str, worker_key: Any, message: Dict[str, Any]) -> None:
         """Send a dict to a worker, expecting no answer (Pimp.send_data)."""
@@ -400,6 +436,7 @@ class WorkerManager:
             logger.debug("send to %s (pid %d) failed: %r", group.label, proc.pid, exc)
 
     def _settle(self, request: _Request) -> None:
+        self._cancel_timer(request)
         proc = request.proc
         if proc is not None:
             proc.inflight.pop(request.rid, None)
@@ -411,6 +448,7 @@ class WorkerManager:
                     del proc.per_conn[request.conn_sig]
 
     def _answer(self, request: _Request, reply: Dict[str, Any]) -> bool:
+        self._cancel_timer(request)
         if request.callback is not None:
             if request.conn_sig is not None and self.reactor.deliver(request.conn_sig,
                                                                     request.callback, reply):
