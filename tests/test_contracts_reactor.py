@@ -134,3 +134,76 @@ def _read_line(sock):
             break
         buf += chunk
     return buf.decode()
+
+
+class Collect(Connection):
+    instances = []
+
+    def post_init(self):
+        Collect.instances.append(self)
+        self.ended = gevent.event.AsyncResult()
+
+    def unbind(self, reason=None):
+        self.ended.set(reason)
+
+
+def _accepted(server_port, reactor):
+    Collect.instances = []
+    client = socket.create_connection(("127.0.0.1", server_port), timeout=10)
+    with gevent.Timeout(5):
+        while not Collect.instances:
+            gevent.sleep(0.002)
+    return client, Collect.instances[0]
+
+
+def test_send_data_takes_bytes_like_and_str_and_refuses_the_rest_by_name():
+    r = CoreReactor().start()
+    try:
+        server = r.start_server("127.0.0.1", 0, Collect)
+        client, conn = _accepted(server.port, r)
+        with client:
+            with pytest.raises(TypeError, match=r"not int: 5; send str\(value\).encode\(\)"):
+                conn.send_data(5)
+            with pytest.raises(TypeError, match="not dict; encode it first"):
+                conn.send_data({"a": 1})
+            with pytest.raises(TypeError, match="not NoneType"):
+                conn.send_data(None)
+            import array
+            conn.send_data(bytearray(b"ab"))
+            conn.send_data(memoryview(b"cd"))
+            conn.send_data(array.array("B", b"ef"))
+            conn.send_data("é\n")             # str: UTF-8
+            assert _read_line(client).encode() == b"abcdef\xc3\xa9\n"   # no NUL bytes before
+            assert not conn.ended.ready()     # a refused send loses nothing and closes nothing
+    finally:
+        r.stop(timeout=1)
+
+
+def test_idle_timeout_counts_sends_a_server_streaming_to_a_silent_client_is_not_idle():
+    from packet_gevent import IdleTimeout
+    r = CoreReactor(idle_timeout=0.3).start()
+    try:
+        server = r.start_server("127.0.0.1", 0, Collect)
+        client, conn = _accepted(server.port, r)
+        with client:
+            ticks = []
+
+            def tick():
+                ticks.append(1)
+                conn.send_data(b".")
+                if len(ticks) == 16:          # 16 x 0.05 s = 0.8 s, well over idle_timeout
+                    streaming.cancel()
+            streaming = r.add_periodic_timer(0.05, tick)
+            received = b""
+            while len(received) < 16:
+                received += _read_some(client)
+            assert not conn.ended.ready()     # alive while it sent, though the client is silent
+            assert isinstance(conn.ended.get(timeout=5), IdleTimeout)   # idle once it stops
+    finally:
+        r.stop(timeout=1)
+
+
+def _read_some(sock):
+    import gevent.socket
+    gevent.socket.wait_read(sock.fileno(), timeout=10)
+    return sock.recv(100)
