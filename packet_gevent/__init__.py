@@ -15,7 +15,7 @@ code that forks.
 from typing import TYPE_CHECKING, Any
 
 from .codec import Codec, JsonCodec
-from .errors import (ChannelClosed, CodecError, FrameError, IdleTimeout, InvalidWorker,
+from .errors import (AddressInUse, ChannelClosed, CodecError, FrameError, IdleTimeout, InvalidWorker,
                      OutboundOverflow, PacketError, PoolBroken, PoolClosed, ReactorError,
                      ReactorStopping, SerializationError, TaskTimeout, WorkerCrashed, WorkerError,
                      WorkerLoadError, WorkerTimeout)
@@ -58,7 +58,7 @@ __all__ = [
     "Worker", "Pimp", "MetaPimp", "Callback",
     "ForkPool", "Future", "TaskResult", "wait", "as_completed",
     "spawn_child", "ChildProcess", "Channel", "BlockingChannel",
-    "PacketError", "ReactorError", "ReactorStopping", "FrameError", "CodecError",
+    "PacketError", "ReactorError", "ReactorStopping", "AddressInUse", "FrameError", "CodecError",
     "InvalidWorker", "WorkerLoadError", "WorkerCrashed", "WorkerError", "WorkerTimeout",
     "SerializationError",
     "PoolClosed", "PoolBroken", "TaskTimeout", "IdleTimeout", "OutboundOverflow", "ChannelClosed",

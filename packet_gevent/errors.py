@@ -25,6 +25,7 @@ __all__ = [
     "WorkerTimeout",
     "PoolBroken",
     "ReactorError",
+    "AddressInUse",
     "ReactorStopping",
 ]
 
@@ -36,6 +37,11 @@ class PacketError(Exception):
 class ReactorError(PacketError, RuntimeError):
     """A reactor was asked for something it cannot do in its state or kind
     (connect a handler that is still connected; ask the core reactor for workers)."""
+
+
+class AddressInUse(PacketError, OSError):
+    """``start_server`` could not listen: another server holds that address (the user's
+    choice of address).  An ``OSError`` with ``errno.EADDRINUSE``."""
 
 
 class ReactorStopping(ReactorError):

@@ -1,6 +1,7 @@
 """EventMachine's run/stop contract on the core reactor: EM.run { EM.stop }, a failing setup,
 calls scheduled after stop, periodic timers of 0 s."""
 import socket
+import time
 
 import gevent
 import gevent.event
@@ -207,3 +208,57 @@ def _read_some(sock):
     import gevent.socket
     gevent.socket.wait_read(sock.fileno(), timeout=10)
     return sock.recv(100)
+
+
+def test_a_port_in_use_names_host_and_port_and_what_to_do():
+    import errno
+    from packet_gevent import AddressInUse
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        r = CoreReactor()
+        with pytest.raises(AddressInUse) as info:
+            r.start_server("127.0.0.1", port, Quiet)
+    assert isinstance(info.value, OSError) and info.value.errno == errno.EADDRINUSE
+    assert f"127.0.0.1:{port}" in str(info.value) and "port 0" in str(info.value)
+
+
+@pytest.mark.timeout(10)
+def test_unix_probe_of_a_live_server_with_a_full_backlog_does_not_block(tmp_path):
+    from packet_gevent import AddressInUse
+    path = str(tmp_path / "busy.sock")
+    busy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    busy.bind(path)
+    busy.listen(0)                      # never accepts
+    fillers = []
+    try:
+        for _ in range(64):             # fill its backlog until connects would block
+            filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            fillers.append(filler)
+            if filler.connect_ex(path) != 0:
+                break
+        else:
+            pytest.fail("the backlog never filled")
+        started = time.monotonic()
+        with pytest.raises(AddressInUse, match="in use by a live server"):
+            CoreReactor().start_unix_server(path, Quiet)
+        assert time.monotonic() - started < 1.0
+    finally:
+        for filler in fillers:
+            filler.close()
+        busy.close()
+
+
+def test_a_stale_unix_socket_file_is_replaced(tmp_path):
+    path = str(tmp_path / "stale.sock")
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(path)
+    dead.close()                        # the file stays, nobody listens
+    r = CoreReactor().start()
+    try:
+        r.start_unix_server(path, Quiet)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(5)
+            client.connect(path)
+    finally:
+        r.stop(timeout=1)
