@@ -262,3 +262,42 @@ def test_a_stale_unix_socket_file_is_replaced(tmp_path):
             client.connect(path)
     finally:
         r.stop(timeout=1)
+
+
+def test_reconnect_from_outside_waits_for_a_blocked_unbind():
+    events = []
+    release = gevent.event.Event()
+    completed_twice = gevent.event.Event()
+
+    class Kicker(Connection):       # the server closes every connection at once
+        def post_init(self):
+            self.close_connection()
+
+    class Client(Connection):
+        def connection_completed(self):
+            events.append("connection_completed")
+            if events.count("connection_completed") == 2:
+                completed_twice.set()
+
+        def unbind(self, reason=None):
+            events.append("unbind starts")
+            if events.count("unbind starts") == 1:
+                release.wait(5)
+            events.append("unbind ends")
+
+    r = CoreReactor().start()
+    try:
+        server = r.start_server("127.0.0.1", 0, Kicker)
+        client = r.connect("127.0.0.1", server.port, Client)
+        with gevent.Timeout(5):
+            while "unbind starts" not in events:
+                gevent.sleep(0.002)
+        r.reconnect("127.0.0.1", server.port, client)   # while unbind is blocked
+        gevent.sleep(0.05)          # a reconnect that did not wait would complete by now
+        assert events == ["connection_completed", "unbind starts"]
+        release.set()
+        assert completed_twice.wait(5)
+        assert events[:4] == ["connection_completed", "unbind starts", "unbind ends",
+                              "connection_completed"]
+    finally:
+        r.stop(timeout=1)

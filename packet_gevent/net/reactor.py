@@ -116,6 +116,7 @@ class Reactor(TimerMethods):
         self._stopping = False
         self._stopped = gevent.event.Event()
         self._services: List[Service] = []
+        self._reconnect_after_unbind: Dict[int, tuple] = {}
         self.hub = gevent.get_hub()
 
     # ------------------------------------------------------------ servers
@@ -260,6 +261,12 @@ class Reactor(TimerMethods):
         if transport.state is not CLOSED or not transport.unbind_done:
             logger.debug("reconnect of %r ignored: still %s", handler, transport.state)
             return handler
+        old = transport.greenlet
+        if old and old is not greenlet.getcurrent():
+            # Its unbind is still running (blocked) in the old greenlet: the new
+            # connection's callbacks must not overlap it; reconnect once it returns.
+            self._reconnect_after_unbind[id(handler)] = (host, port)
+            return handler
         _host, _port, options = getattr(handler, "_pg_target", (host, port, {"timeout": self.connect_timeout}))
         transport = handler._pg_setup(self, handler._on_instance, idle_timeout=transport.idle_timeout)
         handler._pg_target = (host, port, options)
@@ -328,6 +335,9 @@ class Reactor(TimerMethods):
         if server is not None:
             conn._pg_server = None
             server._connection_ended()
+        target = self._reconnect_after_unbind.pop(id(conn), None)
+        if target is not None:  # asked for from outside while unbind ran (reconnect)
+            self.reconnect(target[0], target[1], conn)
 
     def deliver(self, signature: int, fn: Callable[..., Any], *args: Any) -> bool:
         """Run ``fn(*args)`` in the greenlet of the connection ``signature``.
