@@ -228,3 +228,32 @@ def test_ask_worker_timeout_answers_once_with_an_error_and_drops_the_late_reply(
             reactor.ask_worker("late_replier", data=0, timeout=0, callback=print)
     finally:
         reactor.stop(timeout=2)
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_to_the_eval_demo_while_its_workers_start_is_graceful(signame):
+    # The reproduction: Ctrl-C right after the demo serves, while its second worker
+    # may still be setting up (the window where SIGINT used to pass through SIG_DFL).
+    app = subprocess.Popen([sys.executable, "-W", "default", "-m", "demos.eval_server", "--port",
+                            "0"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        line = app.stdout.readline()
+        assert "listening on" in line, line
+        host, port = line.rsplit(" ", 1)[1].strip().rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"1+2*3\n")
+            reader = sock.makefile()
+            assert reader.readline().startswith("wow")
+            assert reader.readline() == "= 7\n"
+            os.killpg(app.pid, getattr(signal, signame))
+            out, err = app.communicate(timeout=20)
+    finally:
+        if app.poll() is None:
+            os.killpg(app.pid, signal.SIGKILL)
+            app.communicate()
+    assert app.returncode == 0, err
+    assert "killed by signal" not in err and "restarting" not in err, err
+    assert "ResourceWarning" not in err and "not from the master" not in err, err
+    assert _group_members(app.pid) == []

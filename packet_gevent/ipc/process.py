@@ -99,7 +99,7 @@ from gevent.monkey import get_original
 
 from ..errors import WorkerCrashed
 
-__all__ = ["ChildProcess", "spawn_child", "live_children"]
+__all__ = ["ChildProcess", "spawn_child", "live_children", "sigterm_handler_ready"]
 
 logger = logging.getLogger(__name__)
 
@@ -355,13 +355,17 @@ class ChildProcess:
 # -- starting a child ------------------------------------------------------------
 
 def spawn_child(target: Callable[..., Optional[int]], *, name: str = "", args: tuple = (),
-                keep_fds: Iterable[int] = (), ignore_sigint: bool = True) -> ChildProcess:
+                keep_fds: Iterable[int] = (), ignore_sigint: bool = True,
+                handles_sigterm: bool = False) -> ChildProcess:
     """Fork a child that runs ``target(sock, *args)`` and exits with its return code.
 
     ``sock`` is the child's end of a fresh AF_UNIX socketpair (blocking mode);
     the parent's end is ``ChildProcess.sock``.  ``keep_fds`` are descriptors
-    the child keeps although they are sockets or FIFOs.  Call from the main
-    thread, from any greenlet (hub callbacks included).
+    the child keeps although they are sockets or FIFOs.  ``handles_sigterm``:
+    SIGTERM stays blocked in the child until ``target`` has installed its
+    handler and called :func:`sigterm_handler_ready` (one arriving before is
+    delivered then, not fatal).  Call from the main thread, from any greenlet
+    (hub callbacks included).
     """
     if _thread.get_native_id() != os.getpid():
         raise RuntimeError(
@@ -375,11 +379,20 @@ def spawn_child(target: Callable[..., Optional[int]], *, name: str = "", args: t
     keep = frozenset(keep_fds)
     parent_pid = os.getpid()
     _flush_stdio()  # or buffered output would be written twice
-    with warnings.catch_warnings():  # a false alarm here (module docstring), even under -W error
-        warnings.filterwarnings("ignore", "This process .*is multi-threaded", DeprecationWarning)
-        pid = _fork()
-    if pid == 0:  # child: never returns
-        _child_main(target, args, name, child_fd, parent_sock, keep, parent_pid, ignore_sigint)
+    # A Ctrl-C during the child's set-up must not kill it (its SIGINT disposition passes
+    # through SIG_DFL while the parent's handlers are undone): SIGINT stays blocked in the
+    # child until it is ignored (a pending one is then discarded), and for the fork here.
+    old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, (_signal.SIGINT, _signal.SIGTERM)
+                                       if handles_sigterm else (_signal.SIGINT,))
+    try:
+        with warnings.catch_warnings():  # a false alarm here (module docstring), even under -W error
+            warnings.filterwarnings("ignore", "This process .*is multi-threaded", DeprecationWarning)
+            pid = _fork()
+        if pid == 0:  # child: never returns
+            _child_main(target, args, name, child_fd, parent_sock, keep, parent_pid, ignore_sigint,
+                        set(old_mask) | {_signal.SIGTERM} if handles_sigterm else old_mask)
+    finally:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
     _close(child_fd)  # now, before anything can fork again (trap 2)
     parent_sock.setblocking(False)
     libev_reaps = _libev_reaps_children()
@@ -415,7 +428,13 @@ def _flush_stdio() -> None:
 
 # -- in the child ----------------------------------------------------------------
 
-def _child_main(target, args, name, child_fd, parent_sock, keep, parent_pid, ignore_sigint):
+def sigterm_handler_ready() -> None:
+    """In a child spawned with ``handles_sigterm=True``: its SIGTERM handler is installed."""
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, (_signal.SIGTERM,))
+
+
+def _child_main(target, args, name, child_fd, parent_sock, keep, parent_pid, ignore_sigint,
+                signal_mask):
     code = 1
     try:
         _die_with_parent(parent_pid)
@@ -423,6 +442,7 @@ def _child_main(target, args, name, child_fd, parent_sock, keep, parent_pid, ign
             _prctl(_PR_SET_NAME, name.encode()[:15])
         parent_sock.detach()  # the number is released below, with the others
         had_hub = _clean_gevent_world(ignore_sigint, child_fd, keep)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, signal_mask)  # SIGINT is settled now
         runner = greenlet.greenlet(_run_target)
         code = runner.switch(target, args, child_fd, had_hub)
     except BaseException:

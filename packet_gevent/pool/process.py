@@ -49,7 +49,7 @@ import traceback
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from ..ipc.channel import BlockingChannel, Channel
-from ..ipc.process import ChildProcess, spawn_child
+from ..ipc.process import ChildProcess, sigterm_handler_ready, spawn_child
 from .tasks import ERR, Encoded, GroupDecodeError, Task, TaskCodec, run_call
 
 __all__ = ["PoolProcess", "Markers", "RUN", "SKIP", "DONE", "BAD_GROUP", "INIT_FAILED",
@@ -149,7 +149,7 @@ class PoolProcess:
         self._grace_timer: Any = None
         markers.clear(slot)
         self.child: ChildProcess = spawn_child(
-            _child_main, name=f"pool-{slot}",
+            _child_main, name=f"pool-{slot}", handles_sigterm=True,
             args=(markers.map, slot, initializer, initargs, max_tasks, codec.serializer))
         self.pid = self.child.pid
         self.started_at = time.monotonic()
@@ -279,6 +279,7 @@ def _child_main(sock: Any, marker_map: mmap.mmap, slot: int,
     # SIGTERM (an operator, or the whole process group): finish the tasks we hold, send
     # their results, exit 0; the pool replaces us (or, stopping, does not).
     signal.signal(signal.SIGTERM, loop.on_sigterm)
+    sigterm_handler_ready()  # one that came during the set-up is delivered now
     return loop.run()
 
 

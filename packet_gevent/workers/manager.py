@@ -528,9 +528,8 @@ class WorkerManager:
                                                                group.label, proc.pid, text)
         elif kind == SIGTERMED:
             if not proc.stopping and not getattr(proc, "stopped_by_sigterm", False):
-                logger.warning("worker %s (pid %d) received SIGTERM (not from the master): stopping "
-                               "it once its %d requests in flight are answered; it is not restarted",
-                               group.label, proc.pid, len(proc.inflight))
+                logger.info("worker %s (pid %d) received SIGTERM: stopping it once its %d requests "
+                            "in flight are answered", group.label, proc.pid, len(proc.inflight))
                 proc.stopped_by_sigterm = True
                 proc.closing = True  # no new requests
                 gevent.spawn(self._stop_when_answered, proc, self.reactor.stop_grace)
@@ -539,10 +538,18 @@ class WorkerManager:
         else:
             logger.warning("%s (pid %d) sent an unknown message kind %r", group.label, proc.pid, kind)
 
-    @staticmethod
-    def _stop_when_answered(proc: WorkerProcess, grace: float) -> None:
+    #: After a worker reports SIGTERM, how long the master gives a SIGTERM sent to the
+    #: whole process group to reach it too (then the stop is the reactor's, not an operator's).
+    GROUP_SIGNAL_WAIT = 0.05
+
+    def _stop_when_answered(self, proc: WorkerProcess, grace: float) -> None:
         loop = gevent.get_hub().loop
         deadline = loop.now() + grace
+        gevent.sleep(self.GROUP_SIGNAL_WAIT)
+        if not self._master_stopping():
+            logger.warning("worker %s (pid %d) received SIGTERM, not from the master (an "
+                           "operator?): it stops once its %d requests in flight are answered and "
+                           "is not restarted", proc.group.label, proc.pid, len(proc.inflight))
         while proc.inflight and not proc.dead and loop.now() < deadline:
             gevent.sleep(0.01)
         if not proc.dead and not proc.stopping:
@@ -580,7 +587,7 @@ class WorkerManager:
         if proc.stopping:
             logger.log(logging.WARNING if requests else logging.DEBUG, "%s%s", text,
                        f"; {len(requests)} requests answered with an error" if requests else "")
-            if getattr(proc, "stopped_by_sigterm", False) and not self._stopping \
+            if getattr(proc, "stopped_by_sigterm", False) and not self._master_stopping() \
                     and not group.deleted and not any(p is not None for p in group.procs):
                 # Its group is gone, as after delete_worker: asks fail at once with
                 # InvalidWorker instead of waiting for a restart that never comes.
@@ -592,9 +599,12 @@ class WorkerManager:
         if not self._procs:
             self._all_dead.set()
 
+    def _master_stopping(self) -> bool:
+        return self._stopping or bool(getattr(self.reactor, "_stopping", False))
+
     def _after_crash(self, group: _Group, proc: WorkerProcess, text: str, failed: int) -> None:
         lost = f"; {failed} pending requests answered with an error" if failed else ""
-        if group.deleted or self._stopping:
+        if group.deleted or self._master_stopping():
             logger.info("%s%s", text, lost)
             return
         if not self.restart:

@@ -323,6 +323,8 @@ def _serve(worker: Worker, channel: Any) -> None:
     # told and answers with STOP, queued after every request it has sent us, so all of
     # them are answered before we exit 0.
     sigterm = gevent.signal_handler(signal.SIGTERM, _on_sigterm, worker, channel, inbox)
+    from ..ipc.process import sigterm_handler_ready
+    sigterm_handler_ready()  # one that came during worker_init is delivered now
     try:
         _serve_inbox(worker, inbox)
     finally:
