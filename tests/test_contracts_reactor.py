@@ -301,3 +301,27 @@ def test_reconnect_from_outside_waits_for_a_blocked_unbind():
                               "connection_completed"]
     finally:
         r.stop(timeout=1)
+
+
+@pytest.mark.parametrize("bad", [lambda: None, lambda a, b: None, 42])
+def test_a_wrong_on_instance_is_refused_at_start_server_and_connect_naming_it(bad):
+    r = CoreReactor()
+    with pytest.raises(TypeError, match="on_instance") as info:
+        r.start_server("127.0.0.1", 0, Quiet, on_instance=bad)
+    assert "instance" in str(info.value) and "_pg_" not in str(info.value)
+    assert r.servers == []                       # nothing was bound
+    with pytest.raises(TypeError, match="on_instance"):
+        r.connect("127.0.0.1", 9, Quiet, on_instance=bad)
+    assert r.connections == {}
+
+
+def test_start_worker_of_an_unknown_name_without_a_worker_directory_says_what_to_do():
+    from packet_gevent import InvalidWorker
+    r = Reactor()
+    with pytest.raises(InvalidWorker) as info:
+        r.start_worker("foo_worker")
+    text = str(info.value)
+    assert "'foo_worker'" in text and "no worker directory" in text
+    assert "worker_root=DIR" in text and "start_worker(worker=TheWorkerClass)" in text
+    assert "None: []" not in text
+    r.stop(timeout=1)

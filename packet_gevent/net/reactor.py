@@ -22,6 +22,7 @@ users import.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
@@ -83,6 +84,26 @@ class Service(Protocol):
     def stop(self, timeout: float) -> None: ...
 
 
+def _check_on_instance(on_instance: Any) -> None:
+    """Refuse, when it is passed, an ``on_instance`` that cannot take the instance."""
+    if on_instance is None:
+        return
+    if not callable(on_instance):
+        raise TypeError(f"on_instance must be a callable taking the connection instance "
+                        f"(Packet's |instance| block), got {type(on_instance).__name__}: "
+                        f"{on_instance!r}")
+    try:
+        signature = inspect.signature(on_instance)
+    except (TypeError, ValueError):  # a builtin without a signature: trust it
+        return
+    try:
+        signature.bind(None)
+    except TypeError:
+        raise TypeError(f"on_instance={on_instance!r} must take one argument, the connection "
+                        f"instance (Packet's |instance| block), but its signature is "
+                        f"{signature}; e.g. on_instance=lambda conn: conn.wow()") from None
+
+
 def _no_processes(what: str) -> ReactorError:
     return ReactorError(f"{what} needs processes, which the core reactor "
                         f"(packet_gevent.net.reactor.Reactor) does not run: use packet_gevent.Reactor")
@@ -134,6 +155,7 @@ class Reactor(TimerMethods):
         port 0); it accepts once the reactor is started.
         """
         handler_class = as_connection_class(handler)
+        _check_on_instance(on_instance)
         listener, unix_path = listener_for(host, port, backlog or self.backlog)
         server = Server(self, listener, handler_class, on_instance, ssl_context=ssl_context,
                         max_connections=max_connections if max_connections is not None
@@ -224,6 +246,7 @@ class Reactor(TimerMethods):
         ``connection_completed`` and ``instance.connect_error`` holds the reason.
         ``port=None`` connects to the UNIX socket path ``host``.
         """
+        _check_on_instance(on_instance)
         if isinstance(handler, type) or not isinstance(handler, Connection):
             conn = as_connection_class(handler)()
         else:

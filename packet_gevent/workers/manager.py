@@ -367,9 +367,20 @@ class WorkerManager:
         self.load()
         cls = self.classes.get(str(worker))
         if cls is None:
-            raise InvalidWorker(f"no worker class named {str(worker)!r} (loaded from "
-                                f"{self.worker_root!r}: {sorted(self.classes)})")
+            if self.worker_root is None:
+                raise InvalidWorker(
+                    f"no worker class named {str(worker)!r}: this reactor has no worker directory "
+                    f"(worker_root=None and no WORKER_ROOT set){self._known()}; pass "
+                    f"Reactor(worker_root=DIR) with a module defining it, or "
+                    f"start_worker(worker=TheWorkerClass)")
+            raise InvalidWorker(f"no worker class named {str(worker)!r} in {self.worker_root!r}"
+                                f"{self._known()}; check its worker_name (set_worker_name) or "
+                                f"pass start_worker(worker=TheWorkerClass)")
         return cls
+
+    def _known(self) -> str:
+        names = sorted(self.classes)
+        return f" (known workers: {', '.join(names)})" if names else " (no worker classes known)"
 
     def _group(self, worker_name: Any, worker_key: Any) -> _Group:
         group = self._groups.get((str(worker_name), worker_key))
