@@ -90,3 +90,32 @@ def test_the_deliberate_segfault_task_prints_no_fatal_error_even_with_faulthandl
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
     assert "Fatal Python error" not in result.stderr, result.stderr
+
+
+def _dev_py(*args, **popen):
+    # This interpreter's own venv (sys.prefix), already installed: dev.py only execs.
+    env = dict(ENV, PACKET_GEVENT_PYTHON=sys.executable, PACKET_GEVENT_VENV=sys.prefix)
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "dev.py"), *args], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **popen)
+
+
+def test_dev_py_becomes_the_command_so_signals_and_exit_status_are_its_own():
+    code = ("import os, signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))\n"
+            "print(os.getpid(), flush=True)\n"
+            "time.sleep(30)\n")
+    proc = _dev_py("python", "-c", code)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == str(proc.pid), (line, proc.stderr.read() if not line else "")
+        proc.send_signal(signal.SIGTERM)     # `kill <dev.py pid>` reaches the command itself
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 3, err
+    status = _dev_py("python", "-c", "raise SystemExit(7)")
+    status.communicate(timeout=60)
+    assert status.returncode == 7

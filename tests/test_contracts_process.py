@@ -257,3 +257,29 @@ def test_ctrl_c_to_the_eval_demo_while_its_workers_start_is_graceful(signame):
     assert "killed by signal" not in err and "restarting" not in err, err
     assert "ResourceWarning" not in err and "not from the master" not in err, err
     assert _group_members(app.pid) == []
+
+
+class Divider(Worker):
+    worker_name = "divider"
+
+    def receive_data(self, request):
+        self.reply(request, 1 / request["data"])
+
+
+def test_an_exception_in_receive_data_is_logged_once_at_error_in_the_master(caplog):
+    import logging
+    from packet_gevent import Reactor
+    reactor = Reactor(stop_grace=2.0).start()
+    try:
+        reactor.start_worker(worker=Divider)
+        reply = gevent.event.AsyncResult()
+        with caplog.at_level(logging.INFO):
+            reactor.ask_worker("divider", data=0, callback=reply.set)
+            assert reply.get(timeout=10)["type"] == "error"
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR
+                  and "receive_data raised" in r.getMessage()]
+        assert len(errors) == 1, caplog.text
+        assert "ZeroDivisionError" in errors[0].getMessage()
+        assert "Traceback" in errors[0].getMessage()
+    finally:
+        reactor.stop(timeout=2)

@@ -214,8 +214,12 @@ def _handle(worker: Worker, message: Dict[str, Any]) -> None:
     except Exception as exc:
         tb = traceback.format_exc()
         if is_request and ("request_id" in message or "client_signature" in message):
-            logger.debug("%r: receive_data raised; sending an error reply", worker, exc_info=True)
             try:
+                # Logged once, in the master's log (a handler that ignores reply["type"]
+                # would otherwise leave no trace), then answered.
+                worker._pg_channel.send((LOG, (logging.ERROR, f"receive_data raised on request "
+                                               f"{message.get('request_id')}; answered with an "
+                                               f"error reply:\n{tb.rstrip()}")))
                 worker._pg_channel.send((MSG, error_reply(message, f"{type(exc).__name__}: {exc}", tb,
                                                           worker=worker.worker_name)))
             except Exception:
