@@ -283,3 +283,25 @@ def test_an_exception_in_receive_data_is_logged_once_at_error_in_the_master(capl
         assert "Traceback" in errors[0].getMessage()
     finally:
         reactor.stop(timeout=2)
+
+
+class Echoer(Worker):
+    worker_name = "echoer"
+
+    def receive_data(self, request):
+        self.reply(request, (request["data"], self.worker_options.get("tag")))
+
+
+def test_start_worker_takes_packets_one_hash_and_explains_a_positional_options_dict():
+    from packet_gevent import Reactor
+    reactor = Reactor(stop_grace=2.0).start()
+    try:
+        with pytest.raises(TypeError, match=r"options are keywords in Python: start_worker\("
+                                            r"worker='echoer', worker_key=\.\.\."):
+            reactor.start_worker("echoer", {"tag": "x"})
+        reactor.start_worker({"worker": Echoer, "worker_key": "k1", "tag": "packet"})
+        reply = gevent.event.AsyncResult()
+        reactor.ask_worker("echoer", data=1, worker_key="k1", callback=reply.set)
+        assert reply.get(timeout=10)["data"] == (1, "packet")
+    finally:
+        reactor.stop(timeout=2)

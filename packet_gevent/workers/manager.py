@@ -182,7 +182,18 @@ class WorkerManager:
         ``options`` update the reactor's ``worker_options`` for this worker
         (``pool_size=N`` overrides the class's pool size).  Starting a
         (worker, worker_key) that runs already is a no-op with a warning.
+        Packet's single hash works too: ``start_worker({"worker": "foo_worker",
+        "worker_key": k, ...})``.
         """
+        if isinstance(worker, dict) and worker_key is None:
+            # Packet's one hash: start_worker(:worker => :foo_worker, :worker_key => k, ...)
+            options = {**{str(k): v for k, v in worker.items()}, **options}
+            worker = options.pop("worker", None)
+            worker_key = options.pop("worker_key", None)
+        elif isinstance(worker_key, dict):
+            raise TypeError(f"start_worker({worker!r}, {{...}}): the second argument is the "
+                            f"worker_key; options are keywords in Python: start_worker("
+                            f"worker={worker!r}, worker_key=..., pool_size=..., other_option=...)")
         if self._stopping:
             raise InvalidWorker(f"cannot start worker {worker!r}: the reactor is stopping")
         cls = self._worker_class(worker)
