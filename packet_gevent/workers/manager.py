@@ -27,6 +27,13 @@ not ``no_auto_load``, each in its own forked process(es)
   and the restart) wait in a bounded queue (``MAX_QUEUED``) and go to the
   restarted process; past the bound they are answered with an error at once.
   Requests in flight at a crash are *not* retried (they may have had effects).
+  ``ask_worker(..., timeout=s)`` answers a request still unanswered after
+  ``s`` seconds with a :class:`~packet_gevent.WorkerTimeout` error reply;
+* a worker that receives SIGTERM (an operator, or the whole process group)
+  tells us; we send it nothing new and stop it once its requests are
+  answered; it is not restarted (unless the reactor is stopping anyway, the
+  group goes and asks raise InvalidWorker).  No worker is restarted while
+  the reactor stops.
 
 Measured with ``python -m packet_gevent.workers.manager`` (:func:`_measure`; Python
 3.11, shared 2-core VM; medians of 8 runs alternating with the previous
@@ -458,7 +465,8 @@ class WorkerManager:
             logger.debug("send to %s (pid %d) failed: %r", group.label, proc.pid, exc)
 
     def _settle(self, request: _Request) -> None:
-        self._cancel_timer(request)
+        if request.timer is not None:
+            self._cancel_timer(request)
         proc = request.proc
         if proc is not None:
             proc.inflight.pop(request.rid, None)
@@ -470,7 +478,8 @@ class WorkerManager:
                     del proc.per_conn[request.conn_sig]
 
     def _answer(self, request: _Request, reply: Dict[str, Any]) -> bool:
-        self._cancel_timer(request)
+        if request.timer is not None:
+            self._cancel_timer(request)
         if request.callback is not None:
             if request.conn_sig is not None and self.reactor.deliver(request.conn_sig,
                                                                     request.callback, reply):
