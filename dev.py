@@ -42,7 +42,7 @@ def ensure_venv(python: str, venv_dir: str) -> str:
     vpython = venv_python(venv_dir)
     if not os.path.exists(vpython):
         print(f"dev.py: creating virtual environment in {os.path.relpath(venv_dir, ROOT)} "
-              f"(Python {interpreter_version(python)})", flush=True)
+              f"(Python {interpreter_version(python)})", file=sys.stderr, flush=True)
         if os.path.realpath(python) == os.path.realpath(sys.executable):
             venv.EnvBuilder(with_pip=True).create(venv_dir)
         else:
@@ -56,9 +56,9 @@ def ensure_venv(python: str, venv_dir: str) -> str:
             if f.read().strip() == wanted:
                 return vpython
     print(f"dev.py: installing packet_gevent{wanted} into {os.path.relpath(venv_dir, ROOT)}",
-          flush=True)
+          file=sys.stderr, flush=True)
     pip = [vpython, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    subprocess.check_call(pip + ["-e", wanted], cwd=ROOT)
+    subprocess.check_call(pip + ["-e", wanted], cwd=ROOT, stdout=sys.stderr)  # stdout: the command's
     with open(stamp, "w") as f:
         f.write(wanted + "\n")
     return vpython
