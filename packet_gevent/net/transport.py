@@ -463,6 +463,8 @@ class Transport:
             event.wait()
             event.clear()
             while self.outbuf and self.state is OPEN:
+                if len(self.outbuf) > 1 and len(self.outbuf[0]) < 16384:
+                    self._coalesce()  # one TLS record and write for many small chunks
                 chunk = self.outbuf.popleft()
                 try:
                     self.ssl_sock.sendall(chunk)
