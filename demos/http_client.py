@@ -68,7 +68,11 @@ def build_request(url: str) -> tuple:
 
 
 def main(argv=None) -> int:
-    p = parser("Packet's HTTP client example on packet_gevent.", 0)
+    p = parser("Packet's HTTP client example on packet_gevent.", 0,
+               host_help="without a URL: address where the local demo page is served "
+                         "(default: %(default)s)",
+               port_help="without a URL: port of the local demo page (default: %(default)s, "
+                         "a free port)")
     p.add_argument("url", nargs="?", help="http:// URL to GET (default: a local demo server)")
     p.add_argument("--timeout", type=float, default=10.0, help="connect timeout in seconds")
     args = p.parse_args(argv)

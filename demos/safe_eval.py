@@ -219,3 +219,27 @@ def _finite(value: object) -> Number:
 
 def _too_large() -> EvalError:
     return EvalError(f"result too large (limit about {MAX_INT_DIGITS} digits)")
+
+
+def main(argv: Union[List[str], None] = None) -> int:
+    """``python -m demos.safe_eval EXPR...``: print each result (or the error), like the server."""
+    import argparse
+    import sys
+    p = argparse.ArgumentParser(prog="python -m demos.safe_eval",
+                                description="Evaluate arithmetic safely (numbers and "
+                                            "+ - * / // % ** and parentheses only), as the eval "
+                                            "server does.")
+    p.add_argument("expressions", nargs="+", metavar="EXPR", help='e.g. "1+2*3"')
+    args = p.parse_args(argv)
+    status = 0
+    for text in args.expressions:
+        try:
+            print(f"= {format_number(safe_eval(text))}")
+        except EvalError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

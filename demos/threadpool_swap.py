@@ -17,11 +17,13 @@ With threads the CPU work holds the GIL, so the hub (and ``/light``) waits
 behind it and two threads do no more work than one; with processes the hub
 only shuttles requests and results.
 """
+import signal
 import sys
 import time
 from typing import Any, Dict, List
 
 import gevent
+import gevent.event
 import gevent.pywsgi
 import gevent.socket
 import gevent.threadpool
@@ -147,7 +149,11 @@ def run(kind: str, size: int, seconds: float, heavy_clients: int, iterations: in
             client.close()
 
     try:
-        KeepAliveClient(host, port).get("/heavy")  # warm up: start the pool's workers
+        warm_up = KeepAliveClient(host, port)
+        try:
+            warm_up.get("/heavy")  # start the pool's workers
+        finally:
+            warm_up.close()
         stop_at = time.perf_counter() + seconds
         started = time.perf_counter()
         jobs = [gevent.spawn(hammer) for _ in range(heavy_clients)] + [gevent.spawn(probe)]
@@ -179,12 +185,25 @@ def main(argv: Any = None) -> int:
     iterations = iterations_for(args.work_ms)
     if args.serve:
         kind = "thread" if args.pool == "thread" else "fork"
-        server = gevent.pywsgi.WSGIServer(listener(args.host, args.port),
-                                          make_app(make_pool(kind, args.size), iterations))
+        pool = make_pool(kind, args.size)
+        server = gevent.pywsgi.WSGIServer(listener(args.host, args.port), make_app(pool, iterations))
         server.start()
         print(f"threadpool_swap ({kind} pool) listening on {server.address[0]}:{server.server_port}",
               flush=True)
-        server.serve_forever()
+        # Ctrl-C and SIGTERM stop it quietly (exit 0).
+        stop = gevent.event.Event()
+        handlers = [gevent.signal_handler(signum, stop.set)
+                    for signum in (signal.SIGINT, signal.SIGTERM)]
+        try:
+            stop.wait()
+        finally:
+            for handler in handlers:
+                handler.cancel()
+            server.stop(timeout=5)
+            if isinstance(pool, ForkPool):
+                pool.shutdown(wait=True, timeout=10)
+            else:
+                pool.kill()
         return 0
     kinds = ("thread", "fork") if args.pool == "both" else (args.pool,)
     print(f"{args.heavy_clients} clients hammer /heavy (~{args.work_ms:g} ms of CPU each), one "

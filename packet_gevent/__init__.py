@@ -15,12 +15,12 @@ code that forks.
 from typing import TYPE_CHECKING, Any
 
 from .codec import Codec, JsonCodec
-from .errors import (ChannelBroken, ChannelBusy, ChannelClosed, ClientDisconnected, CodecError,
-                     FrameError, FrameTooLarge, HTTPRequestError, IdleTimeout, InvalidWorker,
-                     LineTooLong, OutboundOverflow, PacketError, PeerCertificateRejected,
-                     PoolBroken, PoolClosed, ProcessFailed, ReactorError, ReactorStopping,
-                     SerializationError, TaskTimeout, WorkerCrashed, WorkerError, WorkerLoadError,
-                     WorkerStopped)
+from .errors import (AddressInUse, ChannelBroken, ChannelBusy, ChannelClosed, ClientDisconnected,
+                     CodecError, FrameError, FrameTooLarge, HTTPRequestError, IdleTimeout,
+                     InvalidWorker, LineTooLong, OutboundOverflow, PacketError,
+                     PeerCertificateRejected, PoolBroken, PoolClosed, ProcessFailed, ReactorError,
+                     ReactorStopping, SerializationError, TaskTimeout, WorkerCrashed, WorkerError,
+                     WorkerLoadError, WorkerStopped, WorkerTimeout)
 from .framing import BinParser, FrameDecoder, encode_frame
 from .lines import LineParser
 from .net.connection import Connection
@@ -70,11 +70,11 @@ __all__ = [
     "Worker", "Pimp", "MetaPimp", "Callback",
     "PopenConnection", "ForkPool", "Future", "TaskResult", "wait", "as_completed",
     "spawn_child", "ChildProcess", "Channel", "BlockingChannel",
-    "PacketError", "ReactorError", "ReactorStopping", "FrameError", "FrameTooLarge", "CodecError",
-    "LineTooLong", "PeerCertificateRejected", "ProcessFailed",
+    "PacketError", "ReactorError", "ReactorStopping", "AddressInUse", "FrameError",
+    "FrameTooLarge", "CodecError", "LineTooLong", "PeerCertificateRejected", "ProcessFailed",
     "InvalidWorker", "WorkerLoadError", "WorkerCrashed", "WorkerStopped", "WorkerError",
-    "SerializationError", "PoolClosed", "PoolBroken", "TaskTimeout", "IdleTimeout",
-    "OutboundOverflow", "ChannelClosed", "ChannelBroken", "ChannelBusy",
+    "WorkerTimeout", "SerializationError", "PoolClosed", "PoolBroken", "TaskTimeout",
+    "IdleTimeout", "OutboundOverflow", "ChannelClosed", "ChannelBroken", "ChannelBusy",
     "WSGIServer", "HTTPRequestError", "ClientDisconnected",
 ]
 

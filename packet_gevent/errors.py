@@ -39,8 +39,10 @@ __all__ = [
     "ChannelBroken",
     "ChannelBusy",
     "TaskTimeout",
+    "WorkerTimeout",
     "PoolBroken",
     "ReactorError",
+    "AddressInUse",
     "ReactorStopping",
     "HTTPRequestError",
     "ClientDisconnected",
@@ -54,6 +56,11 @@ class PacketError(Exception):
 class ReactorError(PacketError, RuntimeError):
     """A reactor was asked for something it cannot do in its state or kind
     (connect a handler that is still connected; ask the core reactor for workers)."""
+
+
+class AddressInUse(PacketError, OSError):
+    """``start_server`` could not listen: another server holds that address (the user's
+    choice of address).  An ``OSError`` with ``errno.EADDRINUSE``."""
 
 
 class ReactorStopping(ReactorError):
@@ -187,6 +194,14 @@ class TaskTimeout(PacketError, TimeoutError):
 
     A ``TimeoutError``, so ``except TimeoutError`` catches it; waiting on a
     future with ``result(timeout)`` raises the plain ``TimeoutError`` instead.
+    """
+
+
+class WorkerTimeout(PacketError, TimeoutError):
+    """A worker did not answer an ``ask_worker(..., timeout=s)`` request within ``s`` seconds.
+
+    The request was answered with this error; the worker was left running (a
+    reply it sends later is dropped).  A ``TimeoutError``.
     """
 
 

@@ -117,12 +117,15 @@ class Reactor(CoreReactor):
         return self._workers
 
     def ask_worker(self, worker_name: str, data: Any = None, type: str = "request",
-                   worker_key: Any = None, callback: Any = None, **extra: Any) -> Optional[int]:
+                   worker_key: Any = None, callback: Any = None, timeout: Optional[float] = None,
+                   **extra: Any) -> Optional[int]:
         """Send a request to a worker from outside any connection (reply to ``callback``).
 
-        Returns the request id (None for messages that expect no reply)."""
+        Returns the request id (None for messages that expect no reply).
+        ``timeout``: no reply within that many seconds answers the request with
+        an error reply carrying :class:`~packet_gevent.WorkerTimeout`."""
         return self.workers.ask(None, worker_name, data=data, type=type, worker_key=worker_key,
-                                callback=callback, **extra)
+                                callback=callback, timeout=timeout, **extra)
 
     def ask_worker_for(self, conn: Connection, worker_name: str, **kwargs: Any) -> Any:
         return self.workers.ask(conn, worker_name, **kwargs)

@@ -9,7 +9,9 @@ callback may block cooperatively.
 Periodic timers use libev's repeating timers, whose next due time is the
 previous due time plus the interval, so they do not drift.  A periodic timer
 whose callback is still running when the next tick is due skips that tick
-(counted in ``skipped``) instead of running twice at once.
+(counted in ``skipped``) instead of running twice at once.  A periodic timer
+of 0 seconds runs on every loop turn (EventMachine allows it): the loop then
+never sleeps, so it costs a core while it lives.
 """
 from __future__ import annotations
 
@@ -38,8 +40,6 @@ class Timer:
                  on_done: Optional[Callable[["Timer"], None]] = None) -> None:
         if seconds < 0:
             raise ValueError(f"timer interval must be >= 0 seconds, got {seconds!r}")
-        if periodic and seconds <= 0:
-            raise ValueError(f"a periodic timer needs an interval > 0 seconds, got {seconds!r}")
         if not callable(fn):
             raise TypeError(f"timer callback must be callable, got {fn!r}")
         self.interval = float(seconds)
@@ -72,6 +72,8 @@ class Timer:
     def _tick(self) -> None:  # runs in the hub
         if not self.periodic:
             self.cancel()
+        elif not self.interval:  # every turn: libev has no repeating 0 s timer
+            self._watcher.start(self._tick)
         if self._running:
             self.skipped += 1
             return
@@ -104,7 +106,9 @@ class TimerMethods:
         return self._timer(seconds, fn, args, periodic=False)
 
     def add_periodic_timer(self, seconds: float, fn: Callable[..., Any], *args: Any) -> Timer:
-        """Call ``fn(*args)`` every ``seconds`` (no drift; a tick is skipped while one still runs)."""
+        """Call ``fn(*args)`` every ``seconds`` (no drift; a tick is skipped while one still runs).
+
+        ``seconds=0``: on every loop turn (the loop never sleeps while it lives)."""
         return self._timer(seconds, fn, args, periodic=True)
 
     def cancel_timer(self, timer: Timer) -> None:

@@ -57,11 +57,19 @@ support a 5 ms ``waitpid(pid, WNOHANG)`` poll timer is used.  Measured here
 process down); ``spawn_child`` returns in 1.5-2 ms; spawn, first channel round
 trip and exit take ~7 ms.
 
-Python 3.11 does not warn about forking a process that has threads (3.12+ does:
-gevent's threadpool and resolver threads count).  Only the forking thread
-exists in the child; the child never touches the old hub's threadpool, and
-CPython re-initialises its own locks after fork.  Call spawn_child from the
-main thread: PR_SET_PDEATHSIG fires when the *thread* that forked exits.
+Fork under threads: Python 3.12+ warns (DeprecationWarning "This process is
+multi-threaded, use of fork() may lead to deadlocks in the child") when a
+process with threads forks; gevent's threadpool and resolver threads count
+(one ``gevent.socket.getaddrinfo`` starts one).  We silence that warning for
+our own fork only, as gevent does for its fork since 24.10, because here it is
+a false alarm: only the forking thread exists in the child; the child never
+touches the old hub's threadpool (it is abandoned with the hub) and starts a
+fresh hub; CPython re-initialises its own locks (import lock, logging, the GIL)
+after fork.  What remains true: a lock that *another* thread of the parent
+held at the fork (a C library's, e.g. glibc's resolver inside that thread's
+getaddrinfo) stays held in the child, so a child must not rely on state a
+thread of the parent was changing.  Call spawn_child from the main thread:
+PR_SET_PDEATHSIG fires when the *thread* that forked exits.
 """
 from __future__ import annotations
 
@@ -77,6 +85,7 @@ import socket
 import stat
 import sys
 import traceback
+import warnings
 from typing import Callable, Dict, Iterable, List, Optional, Set
 
 import _signal
@@ -90,7 +99,7 @@ from gevent.monkey import get_original
 
 from ..errors import WorkerCrashed
 
-__all__ = ["ChildProcess", "spawn_child", "live_children"]
+__all__ = ["ChildProcess", "spawn_child", "live_children", "sigterm_handler_ready"]
 
 logger = logging.getLogger(__name__)
 
@@ -346,13 +355,17 @@ class ChildProcess:
 # -- starting a child ------------------------------------------------------------
 
 def spawn_child(target: Callable[..., Optional[int]], *, name: str = "", args: tuple = (),
-                keep_fds: Iterable[int] = (), ignore_sigint: bool = True) -> ChildProcess:
+                keep_fds: Iterable[int] = (), ignore_sigint: bool = True,
+                handles_sigterm: bool = False) -> ChildProcess:
     """Fork a child that runs ``target(sock, *args)`` and exits with its return code.
 
     ``sock`` is the child's end of a fresh AF_UNIX socketpair (blocking mode);
     the parent's end is ``ChildProcess.sock``.  ``keep_fds`` are descriptors
-    the child keeps although they are sockets or FIFOs.  Call from the main
-    thread, from any greenlet (hub callbacks included).
+    the child keeps although they are sockets or FIFOs.  ``handles_sigterm``:
+    SIGTERM stays blocked in the child until ``target`` has installed its
+    handler and called :func:`sigterm_handler_ready` (one arriving before is
+    delivered then, not fatal).  Call from the main thread, from any greenlet
+    (hub callbacks included).
     """
     if _thread.get_native_id() != os.getpid():
         raise RuntimeError(
@@ -366,10 +379,21 @@ def spawn_child(target: Callable[..., Optional[int]], *, name: str = "", args: t
     keep = frozenset(keep_fds)
     parent_pid = os.getpid()
     _flush_stdio()  # or buffered output would be written twice
-    pid = _fork()
-    if pid == 0:  # child: never returns
-        _child_main(target, args, name, child_fd, parent_sock, keep, parent_pid, ignore_sigint)
-    _close(child_fd)  # now, before anything can fork again
+    # A Ctrl-C during the child's set-up must not kill it (its SIGINT disposition passes
+    # through SIG_DFL while the parent's handlers are undone): SIGINT stays blocked in the
+    # child until it is ignored (a pending one is then discarded), and for the fork here.
+    old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, (_signal.SIGINT, _signal.SIGTERM)
+                                       if handles_sigterm else (_signal.SIGINT,))
+    try:
+        with warnings.catch_warnings():  # a false alarm here (module docstring), even under -W error
+            warnings.filterwarnings("ignore", "This process .*is multi-threaded", DeprecationWarning)
+            pid = _fork()
+        if pid == 0:  # child: never returns
+            _child_main(target, args, name, child_fd, parent_sock, keep, parent_pid, ignore_sigint,
+                        set(old_mask) | {_signal.SIGTERM} if handles_sigterm else old_mask)
+    finally:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
+    _close(child_fd)  # now, before anything can fork again (trap 2)
     parent_sock.setblocking(False)
     libev_reaps = _libev_reaps_children()
     child = ChildProcess(pid, name, parent_sock, None if libev_reaps else _open_pidfd(pid))
@@ -404,7 +428,13 @@ def _flush_stdio() -> None:
 
 # -- in the child ----------------------------------------------------------------
 
-def _child_main(target, args, name, child_fd, parent_sock, keep, parent_pid, ignore_sigint):
+def sigterm_handler_ready() -> None:
+    """In a child spawned with ``handles_sigterm=True``: its SIGTERM handler is installed."""
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, (_signal.SIGTERM,))
+
+
+def _child_main(target, args, name, child_fd, parent_sock, keep, parent_pid, ignore_sigint,
+                signal_mask):
     code = 1
     try:
         _die_with_parent(parent_pid)
@@ -412,6 +442,7 @@ def _child_main(target, args, name, child_fd, parent_sock, keep, parent_pid, ign
             _prctl(_PR_SET_NAME, name.encode()[:15])
         parent_sock.detach()  # the number is released below, with the others
         had_hub = _clean_gevent_world(ignore_sigint, child_fd, keep)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, signal_mask)  # SIGINT is settled now
         runner = greenlet.greenlet(_run_target)
         code = runner.switch(target, args, child_fd, had_hub)
     except BaseException:
@@ -460,12 +491,16 @@ def _clean_gevent_world(ignore_sigint: bool, own_fd: int, keep: frozenset) -> bo
     global _libev_sigchld_in_parent
     owned = _gevent_owned_signals(range(1, _signal.NSIG))
     _libev_sigchld_in_parent = _signal.SIGCHLD in owned
-    _reset_signals(owned, ignore_sigint)
+    _reset_signals(owned)
     siblings = list(_LIVE.values())
     _LIVE.clear()
     hub = get_hub_if_exists()
     if hub is not None:
         _abandon_hub(hub, stop_stale_watchers=bool(owned))
+    # After the hub: stopping the parent's last libev SIGINT watcher (Reactor.run's)
+    # resets SIGINT to SIG_DFL, which would undo an ignore set before it.
+    # Ctrl-C reaches the whole process group: by default the master decides.
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN if ignore_sigint else _signal.SIG_DFL)
     _release_fds(own_fd, keep, [c._pidfd for c in siblings])
     _clear_gevent_child_table()
     return hub is not None
@@ -474,7 +509,7 @@ def _clean_gevent_world(ignore_sigint: bool, own_fd: int, keep: frozenset) -> bo
 _libev_sigchld_in_parent = False
 
 
-def _reset_signals(owned_by_gevent: Set[int], ignore_sigint: bool) -> None:
+def _reset_signals(owned_by_gevent: Set[int]) -> None:
     """Default disposition for the signals the parent handled in Python or libev.
 
     Ignored signals stay ignored (SIGPIPE, nohup's SIGHUP); C handlers of other
@@ -488,8 +523,6 @@ def _reset_signals(owned_by_gevent: Set[int], ignore_sigint: bool) -> None:
                 _signal.signal(signum, _signal.SIG_DFL)
         except (OSError, ValueError, RuntimeError):  # reserved real-time signals
             pass
-    # Ctrl-C reaches the whole process group: by default the master decides.
-    _signal.signal(_signal.SIGINT, _signal.SIG_IGN if ignore_sigint else _signal.SIG_DFL)
 
 
 def _abandon_hub(hub, stop_stale_watchers: bool) -> None:

@@ -203,8 +203,12 @@ class Connection(TimerMethods):
                 self._pg_reconnect.connection_ended(self)
 
     # ------------------------------------------------------------ methods
-    def send_data(self, data: bytes) -> None:
-        """Queue bytes for the peer.  Never blocks; dropped (debug log) after close."""
+    def send_data(self, data: Any) -> None:
+        """Queue bytes for the peer.  Never blocks; dropped (debug log) after close.
+
+        ``data``: bytes or any bytes-like object (bytearray, memoryview, array);
+        a str is sent encoded as UTF-8.  Anything else (an int, a dict...)
+        raises TypeError naming its type: use ``send_object`` for objects."""
         self._transport.send(data)
 
     def send_object(self, obj: Any) -> None:

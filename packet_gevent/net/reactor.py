@@ -23,6 +23,7 @@ users import.
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import logging
 import os
 import signal
@@ -88,6 +89,26 @@ class Service(Protocol):
     def stop(self, timeout: float) -> None: ...
 
 
+def _check_on_instance(on_instance: Any) -> None:
+    """Refuse, when it is passed, an ``on_instance`` that cannot take the instance."""
+    if on_instance is None:
+        return
+    if not callable(on_instance):
+        raise TypeError(f"on_instance must be a callable taking the connection instance "
+                        f"(Packet's |instance| block), got {type(on_instance).__name__}: "
+                        f"{on_instance!r}")
+    try:
+        signature = inspect.signature(on_instance)
+    except (TypeError, ValueError):  # a builtin without a signature: trust it
+        return
+    try:
+        signature.bind(None)
+    except TypeError:
+        raise TypeError(f"on_instance={on_instance!r} must take one argument, the connection "
+                        f"instance (Packet's |instance| block), but its signature is "
+                        f"{signature}; e.g. on_instance=lambda conn: conn.wow()") from None
+
+
 def _no_processes(what: str) -> ReactorError:
     return ReactorError(f"{what} needs processes, which the core reactor "
                         f"(packet_gevent.net.reactor.Reactor) does not run: use packet_gevent.Reactor")
@@ -121,6 +142,7 @@ class Reactor(TimerMethods):
         self._stopping = False
         self._stopped = gevent.event.Event()
         self._services: List[Service] = []
+        self._reconnect_after_unbind: Dict[int, tuple] = {}
         self.hub = gevent.get_hub()
 
     # ------------------------------------------------------------ servers
@@ -138,6 +160,7 @@ class Reactor(TimerMethods):
         port 0); it accepts once the reactor is started.
         """
         handler_class = as_connection_class(handler)
+        _check_on_instance(on_instance)
         listener, unix_path = listener_for(host, port, backlog or self.backlog)
         server = Server(self, listener, handler_class, on_instance, ssl_context=ssl_context,
                         max_connections=max_connections if max_connections is not None
@@ -241,6 +264,7 @@ class Reactor(TimerMethods):
         ``reconnect_policy`` (a :class:`~packet_gevent.net.reconnect.ReconnectPolicy`,
         or True for its defaults) connects again with back-off whenever it ends.
         """
+        _check_on_instance(on_instance)
         if isinstance(handler, type) or not isinstance(handler, Connection):
             conn = as_connection_class(handler)()
         else:
@@ -279,6 +303,12 @@ class Reactor(TimerMethods):
             return self.connect(host, port, handler)
         if transport.state is not CLOSED or not transport.unbind_done:
             logger.debug("reconnect of %r ignored: still %s", handler, transport.state)
+            return handler
+        old = transport.greenlet
+        if old and old is not greenlet.getcurrent():
+            # Its unbind is still running (blocked) in the old greenlet: the new
+            # connection's callbacks must not overlap it; reconnect once it returns.
+            self._reconnect_after_unbind[id(handler)] = (host, port)
             return handler
         _host, _port, options = getattr(handler, "_pg_target", (host, port, {"timeout": self.connect_timeout}))
         transport = handler._pg_setup(self, handler._on_instance, idle_timeout=transport.idle_timeout)
@@ -348,6 +378,9 @@ class Reactor(TimerMethods):
         if server is not None:
             conn._pg_server = None
             server._connection_ended()
+        target = self._reconnect_after_unbind.pop(id(conn), None)
+        if target is not None:  # asked for from outside while unbind ran (reconnect)
+            self.reconnect(target[0], target[1], conn)
 
     def deliver(self, signature: int, fn: Callable[..., Any], *args: Any) -> bool:
         """Run ``fn(*args)`` in the greenlet of the connection ``signature``.
@@ -361,8 +394,15 @@ class Reactor(TimerMethods):
 
     # ---------------------------------------------- timers (TimerMethods)
     # Reactor timers run each callback in a greenlet of its own.
+    # Once stop() was called, new next_turn calls and timers are dropped (EventMachine
+    # drops them too); the timers that existed are cancelled by stop().
     def next_turn(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` once, on the next loop iteration, in a greenlet of its own."""
+        """Run ``fn(*args)`` once, on the next loop iteration, in a greenlet of its own.
+
+        Dropped (debug log) once ``stop()`` has been called."""
+        if self._stopping:
+            logger.debug("next_turn(%r) dropped: the reactor is stopping", fn)
+            return
         self.hub.loop.run_callback(self._dispatch, fn, args)
 
     def call_from_thread(self, fn: Callable[..., Any], *args: Any) -> "concurrent.futures.Future[Any]":
@@ -380,6 +420,10 @@ class Reactor(TimerMethods):
     def _timer(self, seconds: float, fn: Callable[..., Any], args: tuple, *, periodic: bool) -> Timer:
         timer = Timer(self.hub.loop, seconds, fn, args, periodic=periodic,
                       dispatch=self._dispatch, on_done=self._timers.discard)
+        if self._stopping:  # returned cancelled, so cancel() and .active still work
+            logger.debug("timer for %r dropped: the reactor is stopping", fn)
+            timer.cancel()
+            return timer
         self._timers.add(timer)
         return timer
 
@@ -499,9 +543,14 @@ class Reactor(TimerMethods):
         return self._started and not self._stopped.is_set()
 
     def start(self) -> "Reactor":
-        """Start serving in the background (returns at once)."""
+        """Start serving in the background (returns at once).
+
+        A reactor runs once: ``start()`` after ``stop()`` raises ReactorError."""
         if self._started:
             return self
+        if self._stopping:
+            raise ReactorError("this reactor was stopped before it started; a reactor runs "
+                               "once: create a new Reactor")
         self._started = True
         self.hub = gevent.get_hub()
         for server in self.servers:
@@ -511,8 +560,11 @@ class Reactor(TimerMethods):
         return self
 
     def serve_forever(self) -> None:
-        """Start if needed, then block the calling greenlet until the reactor stops."""
-        self.start()
+        """Start if needed, then block the calling greenlet until the reactor stops.
+
+        Returns at once when ``stop()`` was called already (``EM.run { EM.stop }``)."""
+        if not self._stopping:
+            self.start()
         self._stopped.wait()
 
     def wait(self, timeout: Optional[float] = None) -> bool:
@@ -598,11 +650,20 @@ class Reactor(TimerMethods):
         """Packet's ``Reactor.run``: build, ``setup(reactor)``, serve until stopped.
 
         SIGINT and SIGTERM (in the main thread) stop the reactor gracefully;
-        ``run`` then returns the stopped reactor.
+        ``run`` then returns the stopped reactor.  A setup that calls
+        ``reactor.stop()`` makes ``run`` return once it has stopped; a setup
+        that raises has everything it opened closed before the exception
+        propagates.
         """
         reactor = cls(**options)
         if setup is not None:
-            setup(reactor)
+            try:
+                setup(reactor)
+            except BaseException:
+                # Release what setup opened (listening sockets, connections, workers)
+                # now, not at some gc pass: a second run must be able to bind again.
+                reactor.stop(timeout=0)
+                raise
         handlers = []
         previous = {}
         if threading.current_thread() is threading.main_thread():

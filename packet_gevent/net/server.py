@@ -12,6 +12,7 @@ as a connection ends.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -22,6 +23,7 @@ import _socket
 import gevent.socket
 from gevent.server import StreamServer
 
+from ..errors import AddressInUse
 from .transport import raw_socket_from
 
 __all__ = ["Server"]
@@ -153,14 +155,14 @@ def listener_for(host: Any, port: Optional[int], backlog: int) -> Tuple[socket.s
                 # Only a stale *socket* is ours to remove: never a user's file.
                 raise FileExistsError(f"{path!r} exists and is not a socket; "
                                       "pick another path for the UNIX socket server")
+            if _unix_socket_is_live(path):
+                raise AddressInUse(errno.EADDRINUSE,
+                                   f"UNIX socket {path!r} is in use by a live server; stop it or "
+                                   f"pick another path")
             try:
-                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                probe.connect(path)
-            except OSError:
                 os.unlink(path)  # stale socket file from a dead process
-            else:
-                probe.close()
-                raise OSError(f"UNIX socket {path!r} is in use by a live server; pick another path")
+            except FileNotFoundError:  # removed meanwhile
+                pass
         sock = _socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(path)
         sock.listen(backlog)
@@ -175,8 +177,28 @@ def listener_for(host: Any, port: Optional[int], backlog: int) -> Tuple[socket.s
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
         sock.listen(backlog)
-    except OSError:
+    except OSError as exc:
         sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise AddressInUse(errno.EADDRINUSE,
+                               f"cannot listen on {host}:{port}: the address is already in use "
+                               f"(another server runs there); stop it, pick another port, or "
+                               f"pass port 0 to get a free one") from exc
         raise
     sock.setblocking(False)
     return sock, None
+
+
+def _unix_socket_is_live(path: str) -> bool:
+    """Does a server accept on ``path``?  A non-blocking connect: never waits in the hub.
+
+    ECONNREFUSED (nobody listens) means a stale file; EAGAIN (a live server whose
+    backlog is full) counts as live, like a completed connect.
+    """
+    probe = _socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.setblocking(False)
+        err = probe.connect_ex(path)
+    finally:
+        probe.close()
+    return err in (0, errno.EAGAIN, errno.EINPROGRESS)

@@ -394,8 +394,8 @@ class Transport:
 
     # ------------------------------------------------------------- writing
     def send(self, data: Any) -> None:
-        if data.__class__ is not bytes:
-            data = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        if data.__class__ is not bytes:  # bytes pay for this one check only
+            data = _as_bytes(data)
         if self.outbuf or not self.direct_send:
             self._send_slow(data)
             return
@@ -406,6 +406,8 @@ class Transport:
         except OSError as exc:
             self._abort(exc)
             return
+        if self.idle_timeout:  # sending is activity too (EventMachine's inactivity timeout)
+            self.last_activity = self.loop.now()
         if sent < len(data):
             self._queue(data[sent:])
 
@@ -479,6 +481,8 @@ class Transport:
         outbuf.appendleft(b"".join(parts))
 
     def _after_write(self) -> None:
+        if self.idle_timeout:
+            self.last_activity = self.loop.now()
         if self.drain_waiter is not None and self.out_size <= self.low_water:
             self.drain_waiter.set()
         if self.writing_paused and self.out_size <= self.low_water:
@@ -495,6 +499,8 @@ class Transport:
             event.wait()
             event.clear()
             while self.outbuf and self.state is OPEN:
+                if len(self.outbuf) > 1 and len(self.outbuf[0]) < 16384:
+                    self._coalesce()  # one TLS record and write for many small chunks
                 chunk = self.outbuf.popleft()
                 try:
                     self.ssl_sock.sendall(chunk)
@@ -723,13 +729,30 @@ class Transport:
         idle_for = self.loop.now() - self.last_activity
         if idle_for >= self.idle_timeout:
             from ..errors import IdleTimeout
-            logger.info("closing %r: no data for %.3f s (idle_timeout)", self.conn, idle_for)
-            self._close(IdleTimeout(f"no data received for {self.idle_timeout} s; "
+            logger.info("closing %r: no data in or out for %.3f s (idle_timeout)", self.conn, idle_for)
+            self._close(IdleTimeout(f"no data received or sent for {self.idle_timeout} s; "
                                     "closed by idle_timeout"))
         else:
             self.idle_timer.close()
             self.idle_timer = None
             self._arm_idle_timer(self.idle_timeout - idle_for)
+
+
+def _as_bytes(data: Any) -> bytes:
+    """``send_data``'s input as bytes: bytes-like as is, str as UTF-8, anything else refused."""
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, (int, float, bool)) or data is None:
+        # bytes(5) would be five NUL bytes: refuse numbers before the buffer protocol.
+        raise TypeError(f"send_data takes bytes (or str, sent as UTF-8), not "
+                        f"{type(data).__name__}: {data!r}; send str(value).encode() or use "
+                        f"send_object()")
+    try:
+        return memoryview(data).tobytes()
+    except TypeError:
+        raise TypeError(f"send_data takes bytes, a bytes-like object or str (sent as UTF-8), "
+                        f"not {type(data).__name__}; encode it first (e.g. "
+                        f"json.dumps(obj).encode()) or use send_object()") from None
 
 
 def raw_socket_from(sock: Any) -> Any:

@@ -30,6 +30,9 @@ shared anonymous mmap (16 bytes, no syscall).  The master reads it when a
 timeout is due, on ``cancel()`` and when the process dies: the task named
 there whose outcome has not arrived is the running one; every other task
 in flight there was only queued.
+
+SIGINT is ignored in the child (the master decides); SIGTERM makes it finish
+the tasks it holds, send their outcomes and exit 0.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ import mmap
 import os
 import pickle
 import select
+import signal
 import struct
 import time
 from typing import Any, Callable, Deque, List, Optional, Set, Tuple
@@ -47,7 +51,7 @@ from typing import Any, Callable, Deque, List, Optional, Set, Tuple
 from ..ipc.blocking import BlockingChannel
 from ..ipc.channel import Channel
 from ..ipc.pickling import OOB_THRESHOLD
-from ..ipc.process import ChildProcess, spawn_child
+from ..ipc.process import ChildProcess, sigterm_handler_ready, spawn_child
 from ..ipc.supervision import EXIT_INIT_FAILED, INIT_FAILED, ChildLink, init_failed_message
 from .tasks import ERR, Encoded, GroupDecodeError, TaskCodec, run_call
 
@@ -137,7 +141,7 @@ class PoolProcess:
         self.killed_for: Optional[str] = None   # why the scheduler killed it, if it did
         markers.clear(slot)
         self.child: ChildProcess = spawn_child(
-            _child_main, name=f"pool-{slot}",
+            _child_main, name=f"pool-{slot}", handles_sigterm=True,
             args=(markers.map, slot, initializer, initargs, max_tasks, codec.serializer))
         self.pid = self.child.pid
         self.started_at = time.monotonic()
@@ -254,7 +258,16 @@ def _child_main(sock: Any, marker_map: mmap.mmap, slot: int,
         except BaseException:
             channel.send(init_failed_message())
             return EXIT_INIT_FAILED
-    return _TaskLoop(channel, marker_map, slot, max_tasks, TaskCodec(serializer)).run()
+    loop = _TaskLoop(channel, marker_map, slot, max_tasks, TaskCodec(serializer))
+    # SIGTERM (an operator, or the whole process group): finish the tasks we hold, send
+    # their results, exit 0; the pool replaces us (or, stopping, does not).
+    signal.signal(signal.SIGTERM, loop.on_sigterm)
+    sigterm_handler_ready()  # one that came during the set-up is delivered now
+    return loop.run()
+
+
+class _Terminated(Exception):
+    """Raised by the SIGTERM handler to leave a wait for tasks."""
 
 
 class _TaskLoop:
@@ -272,6 +285,22 @@ class _TaskLoop:
         self.done = 0
         self.poller = select.poll()
         self.poller.register(channel.fileno(), select.POLLIN)
+        self.terminating = False
+        self.idle = False
+
+    def on_sigterm(self, signum: int, frame: Any) -> None:
+        self.terminating = True
+        if self.idle:
+            raise _Terminated()
+
+    def wait_for_tasks(self) -> List[Tuple[Any, ...]]:
+        self.idle = True
+        try:
+            if self.terminating:
+                raise _Terminated()
+            return self.channel.recv_batch()
+        finally:
+            self.idle = False
 
     def run(self) -> int:
         queue, outcomes, channel = self.queue, self.outcomes, self.channel
@@ -285,15 +314,15 @@ class _TaskLoop:
             if not queue:
                 self.flush()
                 try:
-                    self.take(channel.recv_batch())
-                except EOFError:
+                    self.take(self.wait_for_tasks())
+                except (EOFError, _Terminated):
                     return 0
                 deadline = clock() + FLUSH_INTERVAL
                 continue
             start = clock()
             if start >= deadline:
                 self.flush()
-                if self.poller.poll(0):
+                if not self.terminating and self.poller.poll(0):
                     try:
                         self.take(channel.recv_batch())
                     except EOFError:

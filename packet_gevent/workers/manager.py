@@ -27,6 +27,13 @@ not ``no_auto_load``, each in its own forked process(es)
   and the restart) wait in a bounded queue (``MAX_QUEUED``) and go to the
   restarted process; past the bound they are answered with an error at once.
   Requests in flight at a crash are *not* retried (they may have had effects).
+  ``ask_worker(..., timeout=s)`` answers a request still unanswered after
+  ``s`` seconds with a :class:`~packet_gevent.WorkerTimeout` error reply;
+* a worker that receives SIGTERM (an operator, or the whole process group)
+  tells us; we send it nothing new and stop it once its requests are
+  answered; it is not restarted (unless the reactor is stopping anyway, the
+  group goes and asks raise InvalidWorker).  No worker is restarted while
+  the reactor stops.
 
 Measured with ``python -m benchmarks.workers`` (Python 3.11, shared 2-core
 VM; medians of 8 runs in two sessions):
@@ -60,12 +67,12 @@ import gevent
 import gevent.event
 
 from ..errors import (ChannelClosed, FrameError, InvalidWorker, SerializationError, WorkerCrashed,
-                     WorkerError, WorkerStopped)
+                     WorkerError, WorkerStopped, WorkerTimeout)
 from ..ipc.supervision import INIT_FAILED, Backoff
 from .loader import find_proxy_class, load_worker_root
 from .pimp import Callback, MetaPimp, Pimp
 from ..runner import SerialRunner
-from .worker import LOG, MSG, READY, ROUTING_KEYS, Worker, error_reply
+from .worker import LOG, MSG, READY, ROUTING_KEYS, SIGTERMED, Worker, error_reply
 from .process import WorkerProcess
 
 __all__ = ["WorkerManager", "Worker", "Pimp", "MetaPimp", "Callback", "load_worker_root",
@@ -92,7 +99,7 @@ RESTART_RESET = 10.0
 class _Request:
     """One request awaiting its answer."""
 
-    __slots__ = ("rid", "message", "conn_sig", "callback", "asker", "origin", "proc")
+    __slots__ = ("rid", "message", "conn_sig", "callback", "asker", "origin", "proc", "timer")
 
     def __init__(self, rid: int, message: Dict[str, Any], conn_sig: Optional[int],
                  callback: Optional[Callback], asker: Optional[WorkerProcess] = None,
@@ -104,6 +111,7 @@ class _Request:
         self.asker = asker          # the worker process that asked (worker -> worker)
         self.origin = origin        # that worker's own routing keys, restored on the reply
         self.proc: Optional[WorkerProcess] = None
+        self.timer: Any = None      # ask_worker(..., timeout=): answers it with WorkerTimeout
 
 
 class _Group:
@@ -181,7 +189,18 @@ class WorkerManager:
         ``options`` update the reactor's ``worker_options`` for this worker
         (``pool_size=N`` overrides the class's pool size).  Starting a
         (worker, worker_key) that runs already is a no-op with a warning.
+        Packet's single hash works too: ``start_worker({"worker": "foo_worker",
+        "worker_key": k, ...})``.
         """
+        if isinstance(worker, dict) and worker_key is None:
+            # Packet's one hash: start_worker(:worker => :foo_worker, :worker_key => k, ...)
+            options = {**{str(k): v for k, v in worker.items()}, **options}
+            worker = options.pop("worker", None)
+            worker_key = options.pop("worker_key", None)
+        elif isinstance(worker_key, dict):
+            raise TypeError(f"start_worker({worker!r}, {{...}}): the second argument is the "
+                            f"worker_key; options are keywords in Python: start_worker("
+                            f"worker={worker!r}, worker_key=..., pool_size=..., other_option=...)")
         if self._stopping:
             raise InvalidWorker(f"cannot start worker {worker!r}: the reactor is stopping")
         cls = self._worker_class(worker)
@@ -245,7 +264,8 @@ class WorkerManager:
 
     # ------------------------------------------------------------ asking
     def ask(self, conn: Any, worker_name: str, data: Any = None, type: str = "request",
-            worker_key: Any = None, callback: Any = None, **extra: Any) -> Optional[int]:
+            worker_key: Any = None, callback: Any = None, timeout: Optional[float] = None,
+            **extra: Any) -> Optional[int]:
         """Send a request to a worker; return its request id.
 
         The answer goes to ``callback`` if given, else to ``conn.worker_receive``.
@@ -253,10 +273,15 @@ class WorkerManager:
         callback) is tracked (answered exactly once, an error if the worker
         dies); anything else is sent as is, without ``request_id`` (None is
         returned), and a reply to it is routed by ``client_signature`` alone.
+        ``timeout`` (seconds, tracked requests only): without a reply by then,
+        the request is answered with a ``type="error"`` reply carrying a
+        :class:`~packet_gevent.WorkerTimeout`; a later reply is dropped.
         Raises InvalidWorker if the worker is not running, SerializationError
         if the message cannot be pickled, FrameError if it is over
         ``max_message_size``.
         """
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"ask_worker timeout must be > 0 seconds (or None), got {timeout!r}")
         group = self._group(worker_name, worker_key)
         cb: Optional[Callback] = None
         if callback is not None:
@@ -274,8 +299,37 @@ class WorkerManager:
         rid = message["request_id"] = next(self._rids)
         request = _Request(rid, message, conn_sig, cb)
         self._pending[rid] = request
-        self._dispatch(group, request)
+        if timeout is not None:
+            request.timer = gevent.get_hub().loop.timer(timeout)
+            request.timer.start(gevent.spawn_raw, self._timed_out, request, group, timeout)
+        try:
+            self._dispatch(group, request)
+        except BaseException:
+            self._pending.pop(rid, None)
+            self._cancel_timer(request)
+            raise
         return rid
+
+    def _timed_out(self, request: _Request, group: _Group, timeout: float) -> None:
+        request.timer = None
+        if self._pending.get(request.rid) is not request:
+            return  # answered meanwhile
+        del self._pending[request.rid]
+        self._settle(request)
+        try:
+            group.waiting.remove(request)
+        except ValueError:
+            pass
+        text = (f"WorkerTimeout: worker {group.label} did not answer request {request.rid} within "
+                f"{timeout} s (ask_worker timeout); a later reply will be dropped")
+        logger.warning("%s", text)
+        self._answer(request, self._master_error(request, text, WorkerTimeout(text)))
+
+    @staticmethod
+    def _cancel_timer(request: _Request) -> None:
+        timer, request.timer = request.timer, None
+        if timer is not None:
+            timer.close()
 
     def send_untracked(self, worker_name: str, worker_key: Any, message: Dict[str, Any]) -> None:
         """Send a dict to a worker, expecting no answer (Pimp.send_data)."""
@@ -332,9 +386,20 @@ class WorkerManager:
         self.load()
         cls = self.classes.get(str(worker))
         if cls is None:
-            raise InvalidWorker(f"no worker class named {str(worker)!r} (loaded from "
-                                f"{self.worker_root!r}: {sorted(self.classes)})")
+            if self.worker_root is None:
+                raise InvalidWorker(
+                    f"no worker class named {str(worker)!r}: this reactor has no worker directory "
+                    f"(worker_root=None and no WORKER_ROOT set){self._known()}; pass "
+                    f"Reactor(worker_root=DIR) with a module defining it, or "
+                    f"start_worker(worker=TheWorkerClass)")
+            raise InvalidWorker(f"no worker class named {str(worker)!r} in {self.worker_root!r}"
+                                f"{self._known()}; check its worker_name (set_worker_name) or "
+                                f"pass start_worker(worker=TheWorkerClass)")
         return cls
+
+    def _known(self) -> str:
+        names = sorted(self.classes)
+        return f" (known workers: {', '.join(names)})" if names else " (no worker classes known)"
 
     def _group(self, worker_name: Any, worker_key: Any) -> _Group:
         group = self._groups.get((str(worker_name), worker_key))
@@ -401,6 +466,8 @@ class WorkerManager:
             logger.debug("send to %s (pid %d) failed: %r", group.label, proc.pid, exc)
 
     def _settle(self, request: _Request) -> None:
+        if request.timer is not None:
+            self._cancel_timer(request)
         proc = request.proc
         if proc is not None:
             proc.inflight.pop(request.rid, None)
@@ -412,6 +479,8 @@ class WorkerManager:
                     del proc.per_conn[request.conn_sig]
 
     def _answer(self, request: _Request, reply: Dict[str, Any]) -> bool:
+        if request.timer is not None:
+            self._cancel_timer(request)
         if request.callback is not None:
             if request.conn_sig is not None and self.reactor.deliver(request.conn_sig,
                                                                     request.callback, reply):
@@ -490,10 +559,34 @@ class WorkerManager:
             level, text = payload
             logging.getLogger(f"{__package__}.{group.name}").log(level, "[%s pid %d] %s",
                                                                group.label, proc.pid, text)
+        elif kind == SIGTERMED:
+            if not proc.stopping and not getattr(proc, "stopped_by_sigterm", False):
+                logger.info("worker %s (pid %d) received SIGTERM: stopping it once its %d requests "
+                            "in flight are answered", group.label, proc.pid, len(proc.inflight))
+                proc.stopped_by_sigterm = True
+                proc.closing = True  # no new requests
+                gevent.spawn(self._stop_when_answered, proc, self.reactor.stop_grace)
         elif kind == INIT_FAILED:
             logger.error("worker %s (pid %d): worker_init raised:\n%s", group.label, proc.pid, payload)
         else:
             logger.warning("%s (pid %d) sent an unknown message kind %r", group.label, proc.pid, kind)
+
+    #: After a worker reports SIGTERM, how long the master gives a SIGTERM sent to the
+    #: whole process group to reach it too (then the stop is the reactor's, not an operator's).
+    GROUP_SIGNAL_WAIT = 0.05
+
+    def _stop_when_answered(self, proc: WorkerProcess, grace: float) -> None:
+        loop = gevent.get_hub().loop
+        deadline = loop.now() + grace
+        gevent.sleep(self.GROUP_SIGNAL_WAIT)
+        if not self._master_stopping():
+            logger.warning("worker %s (pid %d) received SIGTERM, not from the master (an "
+                           "operator?): it stops once its %d requests in flight are answered and "
+                           "is not restarted", proc.group.label, proc.pid, len(proc.inflight))
+        while proc.inflight and not proc.dead and loop.now() < deadline:
+            gevent.sleep(0.01)
+        if not proc.dead and not proc.stopping:
+            proc.stop(max(0.5, deadline - loop.now()), "stopped: it received SIGTERM")
 
     @staticmethod
     def _to_pimp(pimp: Pimp, proc: WorkerProcess, payload: Dict[str, Any]) -> None:
@@ -528,14 +621,24 @@ class WorkerManager:
         if proc.stopping:
             logger.log(logging.WARNING if requests else logging.DEBUG, "%s%s", text,
                        f"; {len(requests)} requests answered with an error" if requests else "")
+            if getattr(proc, "stopped_by_sigterm", False) and not self._master_stopping() \
+                    and not group.deleted and not any(p is not None for p in group.procs):
+                # Its group is gone, as after delete_worker: asks fail at once with
+                # InvalidWorker instead of waiting for a restart that never comes.
+                if self._groups.get((group.name, group.key)) is group:
+                    del self._groups[(group.name, group.key)]
+                self._fail_waiting(group, f"{text}; not restarted")
         else:
             self._after_crash(group, proc, text, len(requests))
         if not self._procs:
             self._all_dead.set()
 
+    def _master_stopping(self) -> bool:
+        return self._stopping or bool(getattr(self.reactor, "_stopping", False))
+
     def _after_crash(self, group: _Group, proc: WorkerProcess, text: str, failed: int) -> None:
         lost = f"; {failed} pending requests answered with an error" if failed else ""
-        if group.deleted or self._stopping:
+        if group.deleted or self._master_stopping():
             logger.info("%s%s", text, lost)
             return
         if not self.restart:

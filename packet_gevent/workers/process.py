@@ -42,7 +42,7 @@ class WorkerProcess:
                  on_dead: Callable[["WorkerProcess"], Any]) -> None:
         self.group = group        # the manager's record of this worker (label, cls, key...)
         self.index = index        # place in the group's pool
-        self.child = spawn_child(_child_main, name=f"packet worker {group.label}",
+        self.child = spawn_child(_child_main, name=f"packet worker {group.label}", handles_sigterm=True,
                                  args=(group.cls, group.key, group.options, index, stop_grace,
                                        max_message_size))
         self.pid: int = self.child.pid

@@ -21,6 +21,9 @@ in ``receive_data`` is logged once, at ERROR with its traceback, in the
 master's log; a request also gets a ``type="error"`` reply (with the
 traceback text); the worker lives on.
 
+SIGINT is ignored (the master decides); SIGTERM makes the worker ask the master
+to stop it, which the master does once the requests it sent are answered.
+
 Replies are routed by the ``request_id`` (and ``client_signature``) keys of
 the request dict, so the Packet idiom of changing the request and sending it
 back works; ``reply(request, data)`` builds such a reply; and a fresh dict
@@ -32,9 +35,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import traceback
 from typing import Any, Dict, Optional, Tuple
 
+import gevent
 import greenlet
 
 from ..ipc.supervision import EXIT_INIT_FAILED, init_failed_message
@@ -53,6 +58,7 @@ STOP = "stop"        # master -> worker: finish what is queued, then exit 0
 READY = "ready"      # worker -> master: worker_init done
 LOG = "log"          # worker -> master: (level, text) from Worker.log
 # worker -> master: INIT_FAILED (ipc.supervision), the traceback text of worker_init
+SIGTERMED = "sigterm"  # worker -> master: SIGTERM arrived (not from the master); stop me
 _CLOSED = object()   # in the worker's inbox: the channel closed (payload: None or the error)
 
 
@@ -292,6 +298,27 @@ def _serve(worker: Worker, channel: Any) -> None:
     # 8.9 us for both ends of a socketpair in one process, 50,000 requests).
     inbox = Mailbox()
     channel.start(inbox.put, lambda exc: inbox.put((_CLOSED, exc)))
+    # SIGTERM from outside (an operator, systemd's KillMode=control-group): the master is
+    # told and answers with STOP, queued after every request it has sent us, so all of
+    # them are answered before we exit 0.
+    sigterm = gevent.signal_handler(signal.SIGTERM, _on_sigterm, worker, channel, inbox)
+    from ..ipc.process import sigterm_handler_ready
+    sigterm_handler_ready()  # one that came during worker_init is delivered now
+    try:
+        _serve_inbox(worker, inbox)
+    finally:
+        sigterm.cancel()
+
+
+def _on_sigterm(worker: Worker, channel: Any, inbox: Mailbox) -> None:
+    logger.info("%r: SIGTERM; the master stops it after the requests it has", worker)
+    try:
+        channel.send((SIGTERMED, os.getpid()))
+    except Exception:  # no master to tell: stop on our own after what is queued
+        inbox.put((STOP, None))
+
+
+def _serve_inbox(worker: Worker, inbox: Mailbox) -> None:
     while True:
         kind, payload = inbox.get()
         if kind == MSG:
