@@ -419,8 +419,8 @@ class Scheduler:
     # -- events from the backend (in the hub) -------------------------------------------------------
     def on_outcomes(self, proc: BackendProcess, outcomes: List[Outcome],
                     seconds_per_task: float) -> None:
-        rec = self._record(proc)
-        if rec is None:
+        rec = self._procs[proc.slot]  # _record(), inlined: once per batch of outcomes
+        if rec is None or rec.proc is not proc:
             return
         previous = self._seconds_per_task
         if previous is None or seconds_per_task < previous:
