@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 VENV = os.path.join(ROOT, ".venv")
 PYTHON = os.path.join(VENV, "bin", "python")
 STAMP = os.path.join(VENV, ".packet_gevent-installed")
-EXTRAS = ".[test,bench]"
+EXTRAS = ".[test,bench,dask]"
 
 
 def ensure_venv() -> None:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # loaded lazily at run time (see __getattr__)
     from .ipc.process import ChildProcess, spawn_child
     from .packet import Reactor
     from .pool.executor import ForkPool
+    from .pool.remote import RemotePool
     from .pool.futures import Future, TaskResult, as_completed, wait
     from .workers.pimp import Callback, MetaPimp, Pimp
     from .workers.worker import Worker
@@ -42,6 +43,7 @@ _LAZY = {
     "MetaPimp": "workers.pimp",
     "Callback": "workers.pimp",
     "ForkPool": "pool.executor",
+    "RemotePool": "pool.remote",
     "Future": "pool.futures",
     "TaskResult": "pool.futures",
     "wait": "pool.futures",
@@ -56,7 +58,7 @@ __all__ = [
     "Reactor", "Connection", "Server", "Timer",
     "BinParser", "FrameDecoder", "encode_frame", "Codec", "JsonCodec",
     "Worker", "Pimp", "MetaPimp", "Callback",
-    "ForkPool", "Future", "TaskResult", "wait", "as_completed",
+    "ForkPool", "RemotePool", "Future", "TaskResult", "wait", "as_completed",
     "spawn_child", "ChildProcess", "Channel", "BlockingChannel",
     "PacketError", "ReactorError", "ReactorStopping", "FrameError", "CodecError",
     "InvalidWorker", "WorkerLoadError", "WorkerCrashed", "WorkerError", "SerializationError",

@@ -1,0 +1,815 @@
+"""RemotePool: the fork pool's API on a Dask distributed cluster.
+
+``RemotePool("tcp://host:8786")`` sends tasks to an existing Dask scheduler;
+``RemotePool()`` starts a local cluster first (:class:`LocalDaskCluster`: a
+``dask scheduler`` and a ``dask worker`` subprocess on 127.0.0.1) and stops
+it at ``shutdown()``.  The public API is :class:`~packet_gevent.pool.api.PoolAPI`'s,
+the futures are :class:`~packet_gevent.futures.Future`, and faults raise
+the exceptions :class:`~packet_gevent.ForkPool` raises, so code (and
+``Reactor(pool=...)`` with ``Connection.defer``) moves between the two
+unchanged.  Needs the ``dask`` extra (``pip install 'packet_gevent[dask]'``).
+
+How it talks to Dask (each point a trap measured under gevent):
+
+* Dask's blocking calls from a greenlet freeze the hub, and under
+  ``patch_all()`` its loop thread would become a greenlet.  So one
+  ``Client(asynchronous=True)`` per process lives on an asyncio loop in a
+  real OS thread, started with the original ``_thread.start_new_thread``
+  (``platform.uname().processor`` is computed on the calling thread first:
+  computing it there runs a subprocess, which fails in that thread when
+  patched).  Greenlets hand it work through ``call_soon_threadsafe``; it
+  hands outcomes back through one ``hub.loop.async_()`` watcher, and the hub
+  completes the futures, so a greenlet waiting on a task blocks only itself.
+* Results are fetched on that loop (``await future``): a done callback alone
+  would leave the value on the worker.
+* Tasks are submitted with ``pure=False`` (identical calls would otherwise
+  share one key and run once).  The modules of the functions sent, when they
+  are not installed packages, are registered with cloudpickle to travel by
+  value, so workers need not import them and run the code as it is now.
+* After ``os.fork()`` the child gets its own client thread on first use
+  (the parent's does not exist there); the child never stops the parent's
+  local cluster.
+
+Faults, each mapped onto what ForkPool raises:
+
+* an exception in the task: the same type, the remote traceback as its
+  ``__cause__`` and ``remote_traceback``;
+* a worker that dies mid-task: Dask re-runs the task elsewhere (its side
+  effects may happen twice); a task that has killed ``allowed_failures`` + 1
+  workers fails with :class:`~packet_gevent.WorkerCrashed` (Dask's
+  ``KilledWorker``);
+* a timeout (``task_timeout=`` or ``schedule(..., timeout=)``) is measured
+  on the client from the submit (Dask has no per-task time limit on the
+  worker): the future fails with :class:`~packet_gevent.TaskTimeout` and the
+  task is cancelled on the cluster, but a task already running there runs
+  on to its end;
+* ``cancel()``: the task is cancelled on the cluster (same caveat);
+* no worker left for ``no_worker_timeout`` seconds: unfinished tasks fail with
+  WorkerCrashed (they never hang);
+* the scheduler lost (connection dropped, not back within
+  ``scheduler_timeout``): every unfinished task fails with
+  :class:`~packet_gevent.PoolBroken` and ``submit`` raises it.
+
+Measured on this 2-core VM (benchmarks/remote.py; shared machine): a
+trivial round trip takes ~10-15 ms and a local 2-worker cluster runs ~500
+tiny tasks/s, against ~50 us and ~150k/s for ForkPool: RemotePool is for
+tasks of ~10 ms and more, or for more cores than one machine has.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import os
+import platform
+import signal
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import traceback
+from concurrent.futures import CancelledError
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
+
+import gevent
+import gevent.event
+from gevent.monkey import get_original
+
+from ..errors import PoolBroken, PoolClosed, SerializationError, TaskTimeout, WorkerCrashed
+from ..ipc.process import ChildProcess, spawn_child
+from .api import PoolAPI
+from .futures import Future
+from .tasks import describe_callable, rebuild_exception
+
+__all__ = ["RemotePool", "LocalDaskCluster"]
+
+logger = logging.getLogger(__name__)
+
+_start_new_thread = get_original("_thread", "start_new_thread")
+_get_ident = get_original("_thread", "get_ident")
+
+#: How often the client thread checks the scheduler connection and the
+#: number of workers (seconds).
+WATCH_INTERVAL = 0.25
+
+
+def _import_dask() -> Any:
+    try:
+        import distributed
+    except ImportError as exc:  # pragma: no cover - the extra is installed in CI
+        raise ImportError("RemotePool needs Dask distributed: pip install "
+                          "'packet_gevent[dask]' (Python >= 3.10)") from exc
+    return distributed
+
+
+# -- the local cluster ----------------------------------------------------------------------------
+
+def _exec_dask(_sock: Any, argv: List[str], log_path: str, env: Dict[str, str]) -> int:
+    """In a child of :func:`spawn_child`: stdout/stderr to ``log_path``, then exec ``argv``."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    for name in os.listdir("/proc/self/fd"):  # nothing but stdio reaches dask
+        number = int(name)
+        if number > 2:
+            try:
+                os.set_inheritable(number, False)
+            except OSError:
+                pass
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # dask's own handler stops it cleanly
+    os.execve(sys.executable, [sys.executable] + argv, env)
+    return 127  # pragma: no cover
+
+
+class LocalDaskCluster:
+    """A Dask scheduler and ``workers`` worker processes on 127.0.0.1, as subprocesses.
+
+    ``dask scheduler`` and one ``dask worker --nworkers N`` (each worker
+    under a nanny that restarts it if it dies), started through
+    :func:`~packet_gevent.ipc.process.spawn_child` so they die with this
+    process (parent-death signal) and are reaped by pid.  Every port,
+    dashboard included, is on 127.0.0.1 (Dask opens its HTTP server on
+    0.0.0.0 unless told).  Not ``distributed.LocalCluster``: under
+    ``patch_all()`` its multiprocessing workers never reported back.
+    ``start()`` returns once all workers have registered.  Logs go to
+    ``log_path`` (a temporary file).  Call from the main thread.
+    """
+
+    def __init__(self, workers: int = 2, *, threads_per_worker: int = 1,
+                 allowed_failures: int = 1, memory_limit: str = "0",
+                 start_timeout: float = 60.0) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers!r}")
+        self.workers = workers
+        self.threads_per_worker = threads_per_worker
+        self.allowed_failures = allowed_failures
+        self.memory_limit = memory_limit
+        self.start_timeout = start_timeout
+        self.address: Optional[str] = None
+        self.scheduler: Optional[ChildProcess] = None
+        self.worker: Optional[ChildProcess] = None
+        self._dir = tempfile.mkdtemp(prefix="packet_gevent-dask-")
+        self.log_path = os.path.join(self._dir, "cluster.log")
+        self._owner_pid = os.getpid()
+
+    def __repr__(self) -> str:
+        return f"<LocalDaskCluster {self.address or 'not started'} workers={self.workers}>"
+
+    def _env(self) -> Dict[str, str]:
+        env = dict(os.environ)
+        env["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = str(self.allowed_failures)
+        env.setdefault("DASK_DISTRIBUTED__WORKER__DAEMON", "False")
+        env.pop("PYTHONSTARTUP", None)
+        return env
+
+    def start(self) -> str:
+        """Start the scheduler, then the workers; return the scheduler's address."""
+        _import_dask()
+        info = os.path.join(self._dir, "scheduler.json")
+        env = self._env()
+        self.scheduler = spawn_child(_exec_dask, name="dask-scheduler", args=(
+            ["-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+             "--dashboard-address", "127.0.0.1:0", "--scheduler-file", info],
+            self.log_path, env))
+        deadline = time.monotonic() + self.start_timeout
+        self.address = self._wait_for_address(info, deadline)
+        self.worker = spawn_child(_exec_dask, name="dask-worker", args=(
+            ["-m", "distributed.cli.dask_worker", self.address, "--host", "127.0.0.1",
+             "--nworkers", str(self.workers), "--nthreads", str(self.threads_per_worker),
+             "--dashboard-address", "127.0.0.1:0", "--memory-limit", self.memory_limit,
+             "--local-directory", self._dir, "--death-timeout", "30"],
+            self.log_path, env))
+        logger.info("local Dask cluster: scheduler %s (pid %d), %d workers (pid %d)",
+                    self.address, self.scheduler.pid, self.workers, self.worker.pid)
+        return self.address
+
+    def _wait_for_address(self, info: str, deadline: float) -> str:
+        # The scheduler writes the file once it listens; no event to wait on
+        # across the exec, so poll (cooperatively) until it is complete JSON.
+        while time.monotonic() < deadline:
+            if not self.scheduler.alive:
+                raise RuntimeError(f"the Dask scheduler {self.scheduler.describe_exit()}; "
+                                   f"see {self.log_path}")
+            try:
+                with open(info) as fh:
+                    return json.load(fh)["address"]
+            except (FileNotFoundError, ValueError, KeyError):
+                gevent.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"the Dask scheduler did not start in {self.start_timeout} s; "
+                           f"see {self.log_path}")
+
+    def pids(self) -> List[int]:
+        """Pids of the live processes started here (scheduler, worker launcher)."""
+        return [p.pid for p in (self.scheduler, self.worker) if p is not None and p.alive]
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM the workers, then the scheduler; SIGKILL what is left after ``grace``.
+
+        Cooperative; returns once both processes were reaped.  A forked
+        child of the owner never stops it.
+        """
+        if os.getpid() != self._owner_pid:
+            return
+        for child in (self.worker, self.scheduler):
+            if child is not None and child.alive:
+                child.terminate(grace)
+        try:
+            for name in os.listdir(self._dir):
+                path = os.path.join(self._dir, name)
+                if os.path.isfile(path) and name != "cluster.log":
+                    os.unlink(path)
+        except OSError:
+            pass
+
+
+# -- the client thread ----------------------------------------------------------------------------
+
+class _Task:
+    """One submitted call, as the client thread sees it."""
+
+    __slots__ = ("future", "fn", "args", "kwargs", "timeout", "dask_future", "fetcher")
+
+    def __init__(self, future: Future, fn: Callable[..., Any], args: tuple,
+                 kwargs: Optional[Dict[str, Any]], timeout: Optional[float]) -> None:
+        self.future = future
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.timeout = timeout
+        self.dask_future: Any = None
+        self.fetcher: Optional[asyncio.Task] = None
+
+
+class _ClientThread:
+    """A real OS thread running an asyncio loop that owns ``Client(asynchronous=True)``.
+
+    Everything Dask is touched only on that loop.  ``post(fn, *args)`` runs
+    ``fn`` there (from any thread); ``fn`` reports back with
+    ``pool._to_hub``.
+    """
+
+    def __init__(self, pool: "RemotePool", address: str) -> None:
+        self.pool = pool
+        self.address = address
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.client: Any = None
+        self.tasks: Dict[Future, _Task] = {}
+        self._inbox: Deque[Tuple[Callable[..., Any], tuple]] = collections.deque()
+        self._inbox_posted = False
+        self._stopping: Optional[asyncio.Event] = None
+        self.started = gevent.event.AsyncResult()   # set in the hub: None or the error
+        self.stopped = gevent.event.Event()          # set in the hub when the thread ends
+        self._lost_since: Optional[float] = None
+        self._no_workers_since: Optional[float] = None
+        self.broken = False
+
+    def start(self) -> None:
+        platform.uname().processor  # here: computing it in that thread fails when patched
+        _start_new_thread(self._main, ())
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the client's loop soon (thread-safe; batched)."""
+        self._inbox.append((fn, args))
+        if not self._inbox_posted and self.loop is not None:
+            self._inbox_posted = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop has closed: the pool is shut down
+                pass
+
+    def _drain(self) -> None:
+        self._inbox_posted = False
+        inbox = self._inbox
+        while inbox:
+            fn, args = inbox.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                logger.exception("RemotePool: %r failed on the client thread", fn)
+
+    # -- the thread ----------------------------------------------------------------------
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._run(loop))
+        except BaseException:  # never silent: the pool would hang
+            logger.exception("RemotePool: the Dask client thread failed")
+        finally:
+            try:
+                loop.close()
+            finally:
+                self.pool._to_hub(self.stopped.set)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        distributed = _import_dask()
+        self.loop = loop
+        self._stopping = asyncio.Event()
+        pool = self.pool
+        try:
+            self.client = await distributed.Client(
+                self.address, asynchronous=True, set_as_default=False,
+                timeout=pool.connect_timeout)
+            if pool.min_workers:
+                await self.client.wait_for_workers(pool.min_workers,
+                                                   timeout=pool.connect_timeout)
+        except BaseException as exc:
+            pool._to_hub(self.started.set, exc)
+            if self.client is not None:
+                await self._close_client()
+            return
+        pool._to_hub(self.started.set, None)
+        if self._inbox:
+            self._drain()
+        watch = asyncio.ensure_future(self._watch())
+        await self._stopping.wait()
+        watch.cancel()
+        for task in list(self.tasks.values()):
+            if task.fetcher is not None:
+                task.fetcher.cancel()
+        await self._close_client()
+
+    async def _close_client(self) -> None:
+        try:
+            await asyncio.wait_for(self.client.close(), self.pool.connect_timeout)
+        except BaseException as exc:  # closing a client whose scheduler died may fail
+            logger.debug("RemotePool: closing the Dask client: %r", exc)
+
+    def call(self, make_coro: Callable[[], Any], timeout: float) -> gevent.event.AsyncResult:
+        """Run the coroutine ``make_coro()`` on the loop; its outcome, set in the hub."""
+        result = gevent.event.AsyncResult()
+
+        async def run() -> None:
+            try:
+                value = await asyncio.wait_for(make_coro(), timeout)
+            except BaseException as exc:
+                self.pool._to_hub(result.set_exception, exc)
+            else:
+                self.pool._to_hub(result.set, value)
+
+        self.post(lambda: asyncio.ensure_future(run()))
+        return result
+
+    def stop(self) -> None:
+        """(On the loop) cancel what is left on the cluster, close the client, end the thread."""
+        if self.client is not None and self.tasks and not self.broken:
+            self._cancel_on_cluster([t.dask_future for t in self.tasks.values()
+                                     if t.dask_future is not None])
+        if self._stopping is not None:
+            self._stopping.set()
+
+    # -- tasks ---------------------------------------------------------------------------
+    def send(self, task: _Task) -> None:
+        """(On the loop) submit one task to the scheduler and start fetching its outcome."""
+        future = task.future
+        if future.done():  # cancelled before it got here
+            return
+        if self.broken:
+            self.pool._to_hub(self.pool._complete, future, None, self.pool._broken)
+            return
+        self.pool.register_by_value(task.fn)
+        try:
+            dask_future = self.client.submit(task.fn, *task.args, pure=False,
+                                             retries=self.pool.retries, **(task.kwargs or {}))
+        except Exception as exc:
+            self.pool._to_hub(self.pool._complete, future, None, SerializationError(
+                f"could not send {describe_callable(task.fn)} to Dask: {exc}"))
+            return
+        task.dask_future = dask_future
+        self.tasks[future] = task
+        task.fetcher = asyncio.ensure_future(self._fetch(task))
+
+    async def _fetch(self, task: _Task) -> None:
+        future, dask_future = task.future, task.dask_future
+        value: Any = None
+        error: Optional[BaseException] = None
+        getter = asyncio.ensure_future(dask_future.result())  # the value, fetched here
+        try:
+            done, _ = await asyncio.wait((getter,), timeout=task.timeout)
+        except asyncio.CancelledError:  # the pool cancelled it or is stopping
+            getter.cancel()
+            self.tasks.pop(future, None)
+            raise
+        if not done:
+            getter.cancel()
+            error = TaskTimeout(f"{describe_callable(task.fn)} did not finish within "
+                                f"{task.timeout} s; cancelled on the cluster (a task "
+                                f"already running there runs on to its end)")
+            self._cancel_on_cluster([dask_future])
+        elif getter.exception() is not None:
+            error = self._map_error(task, getter.exception())
+        else:
+            value = getter.result()
+        del getter, done
+        self.tasks.pop(future, None)
+        self.pool._to_hub(self.pool._complete, future, value, error)
+
+    def _map_error(self, task: _Task, exc: BaseException) -> BaseException:
+        distributed = _import_dask()
+        what = describe_callable(task.fn)
+        if isinstance(exc, distributed.client.FutureCancelledError):
+            if exc.reason == "scheduler-connection-lost":
+                return PoolBroken(f"lost the Dask scheduler at {self.address} while "
+                                  f"{what} was unfinished (the task may have run)")
+            return CancelledError(f"{what} was cancelled on the cluster ({exc.reason})")
+        if isinstance(exc, CancelledError):
+            return CancelledError(str(exc))
+        if isinstance(exc, distributed.KilledWorker):
+            return WorkerCrashed(
+                f"{what}: every Dask worker that ran it died, and Dask gave up (KilledWorker: "
+                f"{exc}); its side effects may have happened more than once")
+        if isinstance(exc, Exception):
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            exc.__traceback__ = None
+            return rebuild_exception((exc, text))
+        return exc
+
+    def cancel(self, future: Future) -> None:
+        """(On the loop) cancel a task the pool's caller cancelled."""
+        task = self.tasks.pop(future, None)
+        if task is None:
+            return
+        if task.fetcher is not None:
+            task.fetcher.cancel()
+        if task.dask_future is not None:
+            self._cancel_on_cluster([task.dask_future])
+
+    def _cancel_on_cluster(self, dask_futures: List[Any]) -> None:
+        if not dask_futures or self.client is None or self.client.status != "running":
+            return
+        pending = self.client.cancel(dask_futures)
+        if asyncio.iscoroutine(pending) or isinstance(pending, asyncio.Future):
+            fut = asyncio.ensure_future(pending)
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    # -- watching the cluster ----------------------------------------------------------------
+    async def _watch(self) -> None:
+        """Fail unfinished tasks when the scheduler is lost or no worker is left."""
+        pool = self.pool
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            now = time.monotonic()
+            if self.client.status != "running":
+                if self._lost_since is None:
+                    self._lost_since = now
+                    logger.warning("RemotePool: lost the Dask scheduler at %s; waiting up "
+                                   "to %s s for it", self.address, pool.scheduler_timeout)
+                if now - self._lost_since >= pool.scheduler_timeout:
+                    self._break(PoolBroken(
+                        f"lost the Dask scheduler at {self.address} (not back within "
+                        f"{pool.scheduler_timeout} s); create a new RemotePool"))
+                    return
+                continue
+            self._lost_since = None
+            if not self.tasks:
+                self._no_workers_since = None
+                continue
+            workers = self.client.scheduler_info().get("n_workers")
+            if workers is None:
+                workers = len(self.client.scheduler_info().get("workers", ()))
+            if workers:
+                self._no_workers_since = None
+                continue
+            if self._no_workers_since is None:
+                self._no_workers_since = now
+            elif now - self._no_workers_since >= pool.no_worker_timeout:
+                self._fail_all(lambda what: WorkerCrashed(
+                    f"no Dask worker left at {self.address} for {pool.no_worker_timeout} s "
+                    f"while {what} waited; start workers and submit again"))
+                self._no_workers_since = None
+
+    def _fail_all(self, make_error: Callable[[str], BaseException]) -> None:
+        tasks = list(self.tasks.values())
+        self.tasks.clear()
+        for task in tasks:
+            if task.fetcher is not None:
+                task.fetcher.cancel()
+            self.pool._to_hub(self.pool._complete, task.future, None,
+                              make_error(describe_callable(task.fn)))
+        self._cancel_on_cluster([t.dask_future for t in tasks if t.dask_future is not None])
+
+    def _break(self, error: PoolBroken) -> None:
+        self.broken = True
+        self.pool._to_hub(self.pool._set_broken, error)
+        self._fail_all(lambda what: PoolBroken(f"{error} ({what} was unfinished)"))
+
+
+# -- the pool -------------------------------------------------------------------------------------
+
+_INSTALLED = tuple(os.path.realpath(p) + os.sep for p in {
+    sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")})
+
+
+class RemotePool(PoolAPI):
+    """The ForkPool API on a Dask cluster (see the module docstring).
+
+    ``address``: a scheduler (``"tcp://host:8786"``); None starts a
+    :class:`LocalDaskCluster` of ``workers`` processes (default: the CPU
+    count) and stops it at ``shutdown()``.  Start-up waits until
+    ``min_workers`` workers (default: all of a local cluster's; 1 for
+    an existing one) are there.  ``task_timeout``: default time limit per
+    task, from the submit, in seconds.  ``retries``: Dask re-runs a task
+    that *raised* that many times (default 0, as ForkPool); a task whose
+    worker *died* is always re-run, up to the scheduler's allowed failures
+    (``allowed_failures`` for a local cluster).  ``scheduler_timeout``: how
+    long a lost scheduler may take to come back before the pool breaks;
+    ``no_worker_timeout``: how long tasks wait with no worker in the cluster
+    before they fail.  Create it in the main thread (its hub completes the
+    futures); submit from any greenlet or thread.
+    """
+
+    def __init__(self, address: Optional[str] = None, *, workers: Optional[int] = None,
+                 task_timeout: Optional[float] = None, retries: int = 0,
+                 allowed_failures: int = 1, min_workers: Optional[int] = None,
+                 connect_timeout: float = 30.0, scheduler_timeout: float = 5.0,
+                 no_worker_timeout: float = 30.0) -> None:
+        if task_timeout is not None and task_timeout <= 0:
+            raise ValueError(f"task_timeout must be None or > 0, got {task_timeout!r}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries!r}")
+        _import_dask()
+        self.task_timeout = task_timeout
+        self.retries = retries
+        self.connect_timeout = connect_timeout
+        self.scheduler_timeout = scheduler_timeout
+        self.no_worker_timeout = no_worker_timeout
+        self.cluster: Optional[LocalDaskCluster] = None
+        self._closed = False
+        self._broken: Optional[PoolBroken] = None
+        self._unfinished = 0
+        self._pending: set = set()          # the unfinished futures (hub side)
+        self._idle = gevent.event.Event()
+        self._idle.set()
+        self._by_value: set = set()
+        self._hub = gevent.get_hub()
+        self._thread_id = _get_ident()
+        self._outbox: Deque[Tuple[Callable[..., Any], tuple]] = collections.deque()
+        self._wake = self._hub.loop.async_()
+        self._wake.start(self._drain_outbox)
+        self._wake.ref = False
+        self._pid = os.getpid()
+        if address is None:
+            self.cluster = LocalDaskCluster(workers or os.cpu_count() or 1,
+                                            allowed_failures=allowed_failures,
+                                            start_timeout=connect_timeout)
+            address = self.cluster.start()
+            if min_workers is None:
+                min_workers = self.cluster.workers
+        self.address = address
+        self.min_workers = 1 if min_workers is None else min_workers
+        self._client: Optional[_ClientThread] = None
+        try:
+            self._connect()
+        except BaseException:
+            if self.cluster is not None:
+                self.cluster.stop()
+            self._wake.close()
+            raise
+
+    def __repr__(self) -> str:
+        state = "broken" if self._broken else ("closed" if self._closed else "open")
+        return f"<RemotePool {state} {self.address} unfinished={self._unfinished}>"
+
+    def __len__(self) -> int:
+        """Tasks submitted and not finished yet."""
+        return self._unfinished
+
+    def _connect(self) -> None:
+        client = _ClientThread(self, self.address)
+        self._client = client
+        self._keep_loop_alive(+1)
+        try:
+            client.start()
+            error = client.started.get()
+        finally:
+            self._keep_loop_alive(-1)
+        if error is not None:
+            self._client = None
+            raise ConnectionError(f"could not connect to the Dask scheduler at {self.address} "
+                                  f"with {self.min_workers} worker(s) within "
+                                  f"{self.connect_timeout} s: {error!r}") from error
+
+    def _after_fork(self) -> None:
+        """In a forked child: a fresh hub watcher and client thread, no cluster ownership."""
+        self._pid = os.getpid()
+        self._hub = gevent.get_hub()
+        self._thread_id = _get_ident()
+        self._outbox = collections.deque()
+        self._wake = self._hub.loop.async_()
+        self._wake.start(self._drain_outbox)
+        self._wake.ref = False
+        self._unfinished = 0
+        self._pending = set()
+        self._idle = gevent.event.Event()
+        self._idle.set()
+        self.cluster = None
+        self._connect()
+
+    # -- hub side -----------------------------------------------------------------------------
+    _holds = 0
+
+    def _keep_loop_alive(self, delta: int) -> None:
+        """The hub's async watcher keeps the loop alive while anyone waits on the cluster."""
+        self._holds += delta
+        self._wake.ref = self._holds + self._unfinished > 0
+
+    def _to_hub(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` in the pool's hub (from the client thread)."""
+        self._outbox.append((fn, args))
+        try:
+            self._wake.send()
+        except (AttributeError, ValueError):  # closed at shutdown: nothing waits any more
+            pass
+
+    def _drain_outbox(self) -> None:
+        outbox = self._outbox
+        while outbox:
+            fn, args = outbox.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                logger.exception("RemotePool: %r failed in the hub", fn)
+
+    def _complete(self, future: Future, value: Any, error: Optional[BaseException]) -> None:
+        if not future.done():
+            try:
+                if error is None:
+                    future.set_result(value)
+                else:
+                    future.set_exception(error)
+            except Exception:  # cancelled from another thread meanwhile
+                pass
+        self._task_done(future)
+
+    def _task_done(self, future: Future) -> None:
+        if future in self._pending:
+            self._pending.discard(future)
+            self._unfinished -= 1
+            if self._unfinished == 0:
+                self._idle.set()
+                self._keep_loop_alive(0)
+
+    def _set_broken(self, error: PoolBroken) -> None:
+        self._broken = error
+        self._closed = True
+
+    def task_cancelled(self, future: Future, was_running: bool) -> None:
+        """Told by the future's cancel(): cancel it on the cluster, count it done."""
+        if _get_ident() != self._thread_id:
+            self._hub.loop.run_callback_threadsafe(self.task_cancelled, future, was_running)
+            return
+        if self._client is not None:
+            self._client.post(self._client.cancel, future)
+        self._task_done(future)
+
+    # -- pickling by value ------------------------------------------------------------------------
+    def register_by_value(self, fn: Callable[..., Any]) -> None:
+        """Let cloudpickle send ``fn``'s module by value unless it is installed (stdlib, site)."""
+        module_name = getattr(fn, "__module__", None)
+        if not module_name or module_name in self._by_value or module_name == "__main__":
+            return
+        self._by_value.add(module_name)
+        module = sys.modules.get(module_name)
+        path = getattr(module, "__file__", None)
+        if module is None or not path:
+            return
+        path = os.path.realpath(path)
+        if path.startswith(_INSTALLED) or module_name.split(".")[0] in ("packet_gevent", "distributed",
+                                                                      "dask"):
+            return
+        import cloudpickle
+        try:
+            cloudpickle.register_pickle_by_value(module)
+        except ValueError:  # a module cloudpickle refuses (not in sys.modules under its name)
+            pass
+
+    # -- the PoolAPI ------------------------------------------------------------------------------
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn(*args, **kwargs)`` on the cluster; return its Future."""
+        return self._submit(fn, args, kwargs or None, self.task_timeout)
+
+    def schedule(self, fn: Callable[..., Any], args: Iterable[Any] = (),
+                 kwargs: Optional[Dict[str, Any]] = None, *,
+                 timeout: Optional[float] = None) -> Future:
+        """``submit`` with a per-task ``timeout`` (seconds from now; default ``task_timeout``)."""
+        return self._submit(fn, tuple(args), kwargs or None,
+                            self.task_timeout if timeout is None else timeout)
+
+    def _submit(self, fn: Callable[..., Any], args: tuple, kwargs: Optional[Dict[str, Any]],
+                timeout: Optional[float]) -> Future:
+        if self._closed:
+            raise self._broken or PoolClosed(
+                "cannot submit: the pool was shut down; create a new RemotePool")
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        if os.getpid() != self._pid:
+            self._after_fork()
+        future = Future(self)
+        if _get_ident() != self._thread_id:
+            self._hub.loop.run_callback_threadsafe(self._count, future)
+        else:
+            self._count(future)
+        future._start_running()  # sent: a cancel() now goes to the cluster
+        self._client.post(self._client.send, _Task(future, fn, args, kwargs, timeout))
+        return future
+
+    def _count(self, future: Future) -> None:
+        if future.done():
+            return
+        self._pending.add(future)
+        self._unfinished += 1
+        if self._unfinished == 1:
+            self._idle.clear()
+            self._keep_loop_alive(0)
+
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """Wait until no task is unfinished; True if so (False after ``timeout``)."""
+        return self._idle.wait(timeout)
+
+    def _ask(self, make_coro: Callable[[Any], Any], timeout: float) -> Any:
+        """Block the calling greenlet on ``make_coro(client)`` run on the client's loop."""
+        if self._closed or self._client is None:
+            raise self._broken or PoolClosed("the pool was shut down")
+        if os.getpid() != self._pid:
+            self._after_fork()
+        client = self._client
+        self._keep_loop_alive(+1)
+        try:
+            return client.call(lambda: make_coro(client.client), timeout).get()
+        finally:
+            self._keep_loop_alive(-1)
+
+    def wait_for_workers(self, n: int = 1, timeout: float = 30.0) -> None:
+        """Block the calling greenlet until the cluster has ``n`` workers (TimeoutError after ``timeout``)."""
+        self._ask(lambda client: client.wait_for_workers(n, timeout=timeout), timeout + 1)
+
+    def worker_pids(self, timeout: float = 10.0) -> Dict[str, int]:
+        """The cluster's workers now: ``{address: pid}`` (as the scheduler knows them)."""
+        return self._ask(lambda client: client.run(os.getpid, on_error="ignore"), timeout)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
+                 timeout: Optional[float] = None) -> None:
+        """Take no more tasks; with ``wait``, wait for the unfinished ones, then disconnect.
+
+        ``cancel_futures``: cancel every unfinished task (on the cluster too).
+        ``timeout`` (with wait): after that many seconds the tasks still
+        unfinished fail with PoolClosed and are cancelled on the cluster.
+        A local cluster is stopped once the client has closed.
+        """
+        if _get_ident() != self._thread_id:
+            self._hub.loop.run_callback_threadsafe(self.shutdown, False,
+                                                   cancel_futures=cancel_futures)
+            return
+        self._closed = True
+        client = self._client
+        if client is None or os.getpid() != self._pid:
+            return
+        if cancel_futures:
+            for future in list(self._pending):
+                future.cancel()
+        if not wait:
+            if self._unfinished == 0:
+                self._disconnect(wait=False)
+            else:
+                gevent.spawn(self._finish_later)
+            return
+        if gevent.getcurrent() is self._hub:
+            logger.warning("RemotePool.shutdown(wait=True) called in the hub: not waiting")
+            return
+        if not self._idle.wait(timeout):
+            logger.warning("RemotePool.shutdown: %d tasks unfinished after %s s; failing them",
+                           self._unfinished, timeout)
+            self.kill()
+        self._disconnect(wait=True)
+
+    def _finish_later(self) -> None:
+        self._idle.wait()
+        self._disconnect(wait=True)
+
+    def _disconnect(self, wait: bool) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        self._keep_loop_alive(+1)
+        try:
+            client.post(client.stop)
+            if not client.stopped.wait(self.connect_timeout + 5):
+                logger.warning("RemotePool: the Dask client thread did not stop")
+        finally:
+            self._keep_loop_alive(-1)
+        self._wake.close()
+        if self.cluster is not None:
+            self.cluster.stop()
+
+    def kill(self) -> None:
+        """Stop now: every unfinished task fails with PoolClosed and is cancelled on the cluster."""
+        self._closed = True
+        client = self._client
+        if client is None:
+            return
+        error = PoolClosed("the pool was shut down before this task finished")
+        for future in list(self._pending):
+            self._complete(future, None, error)
+        client.post(client._fail_all, lambda what: error)

@@ -1,0 +1,320 @@
+"""RemotePool on a real Dask cluster: a `dask scheduler` and two `dask worker` processes on 127.0.0.1.
+
+One cluster serves the module (start-up costs ~2 s); the tests that destroy a
+cluster (scheduler killed, no worker left) start their own.
+"""
+import concurrent.futures
+import os
+import signal
+import time
+
+import gevent
+import psutil
+import pytest
+
+from packet_gevent import (Connection, PoolBroken, PoolClosed, Reactor, RemotePool, TaskTimeout,
+                           WorkerCrashed)
+from packet_gevent.pool.remote import LocalDaskCluster
+from tests.conftest import alive, client, recv_exactly, run_script, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# -- task functions (this module travels to the workers by value) ---------------------------------
+
+def add(a, b=0):
+    return a + b
+
+
+def where():
+    return os.getpid()
+
+
+def nap(seconds, value=None):
+    time.sleep(seconds)
+    return value
+
+
+class CustomError(Exception):
+    pass
+
+
+def fail(message):
+    raise CustomError(message)
+
+
+def kill_my_worker():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def note_pid_then_nap(path, seconds):
+    """Writes 'pid' to ``path`` (the first run) or appends it (a re-run), then naps."""
+    with open(path, "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def burn(n):
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+def tree(pid):
+    """``pid`` and its live descendants."""
+    try:
+        proc = psutil.Process(pid)
+        return [proc] + proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = LocalDaskCluster(2, allowed_failures=1)
+    c.start()
+    procs = tree(c.scheduler.pid) + tree(c.worker.pid)
+    try:
+        yield c
+    finally:
+        c.stop()
+        gone, left = psutil.wait_procs(procs, timeout=10)
+        assert not left, f"cluster processes left behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def shared_pool(cluster):
+    pool = RemotePool(cluster.address, min_workers=2)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, timeout=10)
+
+
+@pytest.fixture
+def pool(shared_pool):
+    """The module's pool; after each test both workers are back and nothing is unfinished."""
+    yield shared_pool
+    assert shared_pool.join(timeout=20), f"{len(shared_pool)} tasks unfinished after the test"
+    shared_pool.wait_for_workers(2, timeout=30)
+
+
+# -- results and exceptions ---------------------------------------------------------------------
+
+def test_results_through_every_api_name(pool):
+    assert pool.submit(add, 1, b=2).result(timeout=10) == 3
+    assert list(pool.map(add, range(50), range(50))) == [2 * i for i in range(50)]
+    assert pool.apply(add, (4, 5)) == 9
+    assert pool.spawn(add, 1, 1).get(timeout=10) == 2
+    got = []
+    assert pool.apply_async(add, (2, 2), callback=got.append).get(timeout=10) == 4 and got == [4]
+    assert list(pool.imap(add, range(20), range(20), maxsize=4)) == [2 * i for i in range(20)]
+    assert sorted(pool.imap_unordered(add, range(20))) == list(range(20))
+    assert len(pool) == 0
+
+
+def test_identical_calls_each_run(pool, tmp_path):
+    # pure=False: the same call twice is two tasks (Dask would otherwise share one key)
+    path = str(tmp_path / "runs")
+    first, second = pool.submit(note_pid_then_nap, path, 0.2), pool.submit(note_pid_then_nap, path, 0.2)
+    assert {first.result(10), second.result(10)} <= set(pool.worker_pids().values())
+    with open(path) as fh:
+        assert len(fh.read().split()) == 2
+    pids = set(pool.map(lambda _: where(), range(8)))  # a lambda travels too (cloudpickle)
+    assert pids <= set(pool.worker_pids().values())
+
+
+def test_exception_keeps_its_type_and_remote_traceback(pool):
+    future = pool.submit(fail, "bad input")
+    with pytest.raises(CustomError, match="bad input") as info:
+        future.result(timeout=10)
+    assert "fail" in info.value.remote_traceback and "raise CustomError" in info.value.remote_traceback
+    assert isinstance(future.exception(), CustomError)
+    with pytest.raises(ZeroDivisionError):
+        pool.apply(divmod, (1, 0))
+
+
+def test_timeout_fails_the_future_and_cancel_cancels(pool):
+    started = time.monotonic()
+    with pytest.raises(TaskTimeout, match="within 0.3 s"):
+        pool.schedule(nap, (5,), timeout=0.3).result(timeout=10)
+    assert time.monotonic() - started < 3
+    future = pool.submit(nap, 5)
+    assert future.running() and future.cancel()
+    with pytest.raises(concurrent.futures.CancelledError):
+        future.result(timeout=1)
+    assert pool.submit(add, 1, 1).result(timeout=10) == 2
+
+
+def test_a_worker_sigkilled_mid_task_gets_the_task_rerun(pool, tmp_path):
+    path = tmp_path / "runs"
+    future = pool.submit(note_pid_then_nap, str(path), 1.0)
+    wait_for(lambda: path.exists() and path.read_text().endswith("\n"), 10, "the task to start")
+    victim = int(path.read_text().split()[0])
+    assert victim in pool.worker_pids().values()
+    os.kill(victim, signal.SIGKILL)
+    finished_on = future.result(timeout=30)
+    runs = [int(line) for line in path.read_text().split()]
+    assert finished_on != victim and runs == [victim, finished_on]
+
+
+def test_a_task_that_keeps_killing_workers_ends_in_worker_crashed(pool):
+    # allowed_failures=1: the first death re-runs it, the second gives up
+    with pytest.raises(WorkerCrashed, match="every Dask worker that ran it died"):
+        pool.submit(kill_my_worker).result(timeout=40)
+
+
+def test_1000_greenlets_wait_at_once_and_the_hub_stays_responsive(pool):
+    lateness = []
+    stop = []
+
+    def ticker():
+        while not stop:
+            before = time.perf_counter()
+            gevent.sleep(0.005)
+            lateness.append(time.perf_counter() - before - 0.005)
+
+    tick = gevent.spawn(ticker)
+    waiters = [gevent.spawn(lambda i: pool.submit(add, i, 1).result(timeout=40), i)
+               for i in range(1000)]
+    gevent.joinall(waiters, timeout=50, raise_error=True)
+    stop.append(True)
+    tick.join(1)
+    assert [w.value for w in waiters] == [i + 1 for i in range(1000)]
+    lateness.sort()
+    p99 = lateness[int(len(lateness) * 0.99)]
+    assert len(lateness) > 20 and p99 < 0.05, (len(lateness), p99, lateness[-1])
+
+
+def test_submit_after_shutdown_raises_pool_closed(cluster):
+    pool = RemotePool(cluster.address)
+    fds = len(os.listdir("/proc/self/fd"))
+    assert pool.submit(add, 2, 3).result(timeout=10) == 5
+    pool.shutdown()
+    with pytest.raises(PoolClosed):
+        pool.submit(add, 1, 1)
+    pool.shutdown()  # twice is harmless
+    assert len(os.listdir("/proc/self/fd")) <= fds
+
+
+def test_the_cluster_listens_on_loopback_only(cluster):
+    listening = [(proc.pid, c.laddr) for proc in tree(cluster.scheduler.pid) + tree(cluster.worker.pid)
+                 for c in proc.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+    # the scheduler (+ dashboard), each worker and nanny (+ dashboards)
+    assert len(listening) >= 6, listening
+    assert all(addr.ip == "127.0.0.1" for _, addr in listening), listening
+
+
+# -- the Reactor façade ------------------------------------------------------------------------------
+
+class Squarer(Connection):
+    def receive_data(self, data):
+        for line in data.decode().split():
+            if line == "fail":
+                self.defer(fail, "no")
+            else:
+                self.defer(burn, int(line))
+
+    def worker_receive(self, reply):
+        if reply["type"] == "response":
+            self.send_data(f"{reply['data']}\n".encode())
+        else:
+            self.send_data(f"error {reply['error']}\n".encode())
+
+
+def test_reactor_defer_runs_on_the_cluster_and_stop_shuts_the_pool(cluster):
+    pool = RemotePool(cluster.address)
+    reactor = Reactor(pool=pool)
+    reactor.start()
+    try:
+        server = reactor.start_server("127.0.0.1", 0, Squarer)
+        sock = client(server)
+        sock.sendall(b"10\n")
+        assert recv_exactly(sock, 4) == b"285\n"
+        sock.sendall(b"fail\n")
+        assert recv_exactly(sock, len(b"error CustomError: no\n")) == b"error CustomError: no\n"
+        sock.sendall(b"1000\n")  # in flight while the reactor stops: stop waits for it
+        gevent.sleep(0.05)
+    finally:
+        reactor.stop(timeout=10)
+    assert recv_exactly(sock, len(f"{burn(1000)}\n")) == f"{burn(1000)}\n".encode()
+    sock.close()
+    with pytest.raises(PoolClosed):
+        pool.submit(add, 1, 1)
+
+
+# -- losing the cluster --------------------------------------------------------------------------
+
+def test_no_worker_left_then_scheduler_lost_fail_pending_futures_within_the_bound():
+    pool = RemotePool(workers=1, no_worker_timeout=1.0, scheduler_timeout=1.0)
+    cluster = pool.cluster
+    procs = tree(cluster.scheduler.pid) + tree(cluster.worker.pid)
+    try:
+        assert pool.submit(add, 1, 1).result(timeout=10) == 2
+        # every worker gone (the launcher and its workers): tasks fail, they do not hang
+        cluster.worker.kill(signal.SIGKILL)
+        assert cluster.worker.wait(10)
+        wait_for(lambda: not pool.worker_pids(), 15, "the scheduler to drop the worker")
+        started = time.monotonic()
+        waiting = pool.submit(add, 2, 2)
+        with pytest.raises(WorkerCrashed, match="no Dask worker left"):
+            waiting.result(timeout=10)
+        assert time.monotonic() - started < 5
+        # the scheduler killed: pending futures fail with PoolBroken, and so does submit
+        pending = [pool.submit(nap, 30) for _ in range(3)]
+        cluster.scheduler.kill(signal.SIGKILL)
+        started = time.monotonic()
+        for future in pending:
+            with pytest.raises(PoolBroken):
+                future.result(timeout=10)
+        assert time.monotonic() - started < 5
+        with pytest.raises(PoolBroken, match="lost the Dask scheduler"):
+            wait_for(lambda: pool.submit(add, 1, 1) and False, 10, "submit to raise PoolBroken")
+    finally:
+        pool.shutdown(wait=True, timeout=10)
+    gone, left = psutil.wait_procs(procs, timeout=10)
+    assert not left, left
+    assert not any(alive(p.pid) for p in procs)
+
+
+# -- patch_all -------------------------------------------------------------------------------------
+
+def test_under_patch_all_in_a_subprocess():
+    done = run_script("""
+from gevent import monkey; monkey.patch_all()
+import time, threading, gevent
+from packet_gevent import RemotePool, TaskTimeout
+from tests.test_remote import add, fail, nap, CustomError, tree
+if __name__ == "__main__":
+    with RemotePool(workers=2) as pool:
+        procs = tree(pool.cluster.scheduler.pid) + tree(pool.cluster.worker.pid)
+        assert pool.submit(add, 1, 2).result(timeout=10) == 3
+        assert list(pool.map(add, range(30))) == list(range(30))
+        try:
+            pool.apply(fail, ("x",)); raise SystemExit("no error")
+        except CustomError:
+            pass
+        try:
+            pool.schedule(nap, (5,), timeout=0.2).result(10); raise SystemExit("no timeout")
+        except TaskTimeout:
+            pass
+        ticks = []
+        g = gevent.spawn(lambda: [ticks.append(time.perf_counter()) or gevent.sleep(0.005)
+                                  for _ in range(100)])
+        assert pool.submit(nap, 0.5, "ok").result(timeout=10) == "ok"
+        g.join()
+        gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+        assert max(gaps) < 0.1, max(gaps)
+        t = threading.Thread(target=lambda: print("thread", pool.submit(add, 41, 1).result(timeout=10)))
+        t.start(); t.join(10)
+    import psutil
+    gone, left = psutil.wait_procs(procs, timeout=10)
+    assert not left, left
+    print("OK")
+""", timeout=50)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert "thread 42" in done.stdout and done.stdout.strip().endswith("OK")
