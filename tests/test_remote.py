@@ -209,6 +209,29 @@ def test_the_cluster_listens_on_loopback_only(cluster):
     assert all(addr.ip == "127.0.0.1" for _, addr in listening), listening
 
 
+def _use_the_pool_in_a_forked_child(sock, pool):
+    value = pool.submit(add, 40, 2).result(timeout=20)
+    pool.shutdown()  # the child's own client; the parent's pool and cluster are untouched
+    sock.sendall(f"{value}\n".encode())
+    return 0
+
+
+def test_a_forked_child_gets_its_own_client(pool):
+    from packet_gevent.ipc.process import spawn_child
+    assert pool.submit(add, 1, 1).result(timeout=10) == 2
+    child = spawn_child(_use_the_pool_in_a_forked_child, name="remote-child", args=(pool,))
+    try:
+        assert child.wait(30), "the child did not finish"
+        assert child.exitcode == 0, child.describe_exit()
+        child.sock.setblocking(True)
+        assert child.sock.recv(100) == b"42\n"
+    finally:
+        child.kill()
+        child.wait(5)
+        child.sock.close()
+    assert pool.submit(add, 2, 2).result(timeout=10) == 4
+
+
 # -- the Reactor façade ------------------------------------------------------------------------------
 
 class Squarer(Connection):
