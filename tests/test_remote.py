@@ -341,3 +341,19 @@ if __name__ == "__main__":
 """, timeout=50)
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     assert "thread 42" in done.stdout and done.stdout.strip().endswith("OK")
+
+
+# -- the demo -------------------------------------------------------------------------------------
+
+def test_demo_runs_a_batch_on_the_cluster_while_the_hub_serves(cluster):
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    done = subprocess.run([sys.executable, "-m", "demos.remote_pool", "--scheduler", cluster.address,
+                           "--tasks", "8", "--work-ms", "20"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=50, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"RemotePool on {cluster.address}"), lines
+    assert "8 tasks of ~20 ms CPU" in lines[1] and "tasks/s" in lines[1], lines
+    assert "pings" in lines[2] and "hub lateness" in lines[3], lines
