@@ -239,6 +239,8 @@ class Squarer(Connection):
         for line in data.decode().split():
             if line == "fail":
                 self.defer(fail, "no")
+            elif line == "nap":
+                self.defer(nap, 0.5, "slept")
             else:
                 self.defer(burn, int(line))
 
@@ -260,11 +262,11 @@ def test_reactor_defer_runs_on_the_cluster_and_stop_shuts_the_pool(cluster):
         assert recv_exactly(sock, 4) == b"285\n"
         sock.sendall(b"fail\n")
         assert recv_exactly(sock, len(b"error CustomError: no\n")) == b"error CustomError: no\n"
-        sock.sendall(b"1000\n")  # in flight while the reactor stops: stop waits for it
-        gevent.sleep(0.05)
+        sock.sendall(b"nap\n")  # in flight while the reactor stops: stop waits for it
+        wait_for(lambda: len(pool) == 1, 10, "the deferred nap to reach the pool")
     finally:
         reactor.stop(timeout=10)
-    assert recv_exactly(sock, len(f"{burn(1000)}\n")) == f"{burn(1000)}\n".encode()
+    assert recv_exactly(sock, 6) == b"slept\n"
     sock.close()
     with pytest.raises(PoolClosed):
         pool.submit(add, 1, 1)
