@@ -206,7 +206,7 @@ def main() -> int:
     args = p.parse_args()
     if args.quick:
         args.repeat, args.tasks = 1, 500
-    from packet_gevent.pool.remote import LocalDaskCluster
+    from packet_gevent.pool.dask_cluster import LocalDaskCluster
     cluster = LocalDaskCluster(2)
     address = cluster.start()
     results: Dict[str, List[Dict[str, float]]] = {peer: [] for peer in PEERS}

@@ -14,7 +14,7 @@ import pytest
 
 from packet_gevent import (Connection, PoolBroken, PoolClosed, Reactor, RemotePool, TaskTimeout,
                            WorkerCrashed)
-from packet_gevent.pool.remote import LocalDaskCluster
+from packet_gevent.pool.dask_cluster import LocalDaskCluster
 from tests.conftest import alive, client, recv_exactly, run_script, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -201,6 +201,27 @@ def test_submit_after_shutdown_raises_pool_closed(cluster):
     assert len(os.listdir("/proc/self/fd")) <= fds
 
 
+def test_shutdown_without_wait_lets_tasks_finish_and_kill_fails_them(cluster):
+    pool = RemotePool(cluster.address)
+    running = pool.submit(nap, 0.5, "done")
+    pool.shutdown(wait=False)
+    with pytest.raises(PoolClosed):
+        pool.submit(add, 1, 1)
+    assert running.result(timeout=10) == "done"
+    assert pool._down.wait(10), "the pool did not disconnect after its last task"
+
+    pool = RemotePool(cluster.address)
+    doomed = [pool.submit(nap, 5) for _ in range(3)]
+    started = time.monotonic()
+    pool.kill()
+    for future in doomed:
+        with pytest.raises(PoolClosed, match="killed"):
+            future.result(timeout=2)
+    assert time.monotonic() - started < 2
+    pool.shutdown(wait=True, timeout=10)  # waits for kill's disconnect
+    assert pool._down.is_set() and len(pool) == 0
+
+
 def test_the_cluster_listens_on_loopback_only(cluster):
     listening = [(proc.pid, c.laddr) for proc in tree(cluster.scheduler.pid) + tree(cluster.worker.pid)
                  for c in proc.net_connections("inet") if c.status == psutil.CONN_LISTEN]
@@ -315,7 +336,7 @@ import time, threading, gevent
 from packet_gevent import RemotePool, TaskTimeout
 from tests.test_remote import add, fail, nap, CustomError, tree
 if __name__ == "__main__":
-    with RemotePool(workers=2) as pool:
+    with RemotePool(workers=1) as pool:
         procs = tree(pool.cluster.scheduler.pid) + tree(pool.cluster.worker.pid)
         assert pool.submit(add, 1, 2).result(timeout=10) == 3
         assert list(pool.map(add, range(30))) == list(range(30))

@@ -1,9 +1,10 @@
 """RemotePool: the fork pool's API on a Dask distributed cluster.
 
 ``RemotePool("tcp://host:8786")`` sends tasks to an existing Dask scheduler;
-``RemotePool()`` starts a local cluster first (:class:`LocalDaskCluster`: a
-``dask scheduler`` and a ``dask worker`` subprocess on 127.0.0.1) and stops
-it at ``shutdown()``.  The public API is :class:`~packet_gevent.pool.api.PoolAPI`'s,
+``RemotePool()`` starts a local cluster first
+(:class:`~packet_gevent.pool.dask_cluster.LocalDaskCluster`: a ``dask
+scheduler`` and a ``dask worker`` subprocess on 127.0.0.1) and stops it at
+``shutdown()``.  The public API is :class:`~packet_gevent.pool.api.PoolAPI`'s,
 the futures are :class:`~packet_gevent.futures.Future`, and faults raise
 the exceptions :class:`~packet_gevent.ForkPool` raises, so code (and
 ``Reactor(pool=...)`` with ``Connection.defer``) moves between the two
@@ -59,15 +60,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import os
 import platform
-import signal
 import sys
 import sysconfig
-import tempfile
-import threading
 import time
 import traceback
 from concurrent.futures import CancelledError
@@ -78,8 +75,8 @@ import gevent.event
 from gevent.monkey import get_original
 
 from ..errors import PoolBroken, PoolClosed, SerializationError, TaskTimeout, WorkerCrashed
-from ..ipc.process import ChildProcess, spawn_child
 from .api import PoolAPI
+from .dask_cluster import LocalDaskCluster, import_dask
 from .futures import Future
 from .tasks import describe_callable, rebuild_exception
 
@@ -98,136 +95,6 @@ MAX_GATHERS = 2
 #: How often the client thread checks the scheduler connection and the
 #: number of workers (seconds).
 WATCH_INTERVAL = 0.25
-
-
-def _import_dask() -> Any:
-    try:
-        import distributed
-    except ImportError as exc:  # pragma: no cover - the extra is installed in CI
-        raise ImportError("RemotePool needs Dask distributed: pip install "
-                          "'packet_gevent[dask]' (Python >= 3.10)") from exc
-    return distributed
-
-
-# -- the local cluster ----------------------------------------------------------------------------
-
-def _exec_dask(_sock: Any, argv: List[str], log_path: str, env: Dict[str, str]) -> int:
-    """In a child of :func:`spawn_child`: stdout/stderr to ``log_path``, then exec ``argv``."""
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    for name in os.listdir("/proc/self/fd"):  # nothing but stdio reaches dask
-        number = int(name)
-        if number > 2:
-            try:
-                os.set_inheritable(number, False)
-            except OSError:
-                pass
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # dask's own handler stops it cleanly
-    os.execve(sys.executable, [sys.executable] + argv, env)
-    return 127  # pragma: no cover
-
-
-class LocalDaskCluster:
-    """A Dask scheduler and ``workers`` worker processes on 127.0.0.1, as subprocesses.
-
-    ``dask scheduler`` and one ``dask worker --nworkers N`` (each worker
-    under a nanny that restarts it if it dies), started through
-    :func:`~packet_gevent.ipc.process.spawn_child` so they die with this
-    process (parent-death signal) and are reaped by pid.  Every port,
-    dashboard included, is on 127.0.0.1 (Dask opens its HTTP server on
-    0.0.0.0 unless told).  Not ``distributed.LocalCluster``: under
-    ``patch_all()`` its multiprocessing workers never reported back.
-    ``start()`` returns once all workers have registered.  Logs go to
-    ``log_path`` (a temporary file).  Call from the main thread.
-    """
-
-    def __init__(self, workers: int = 2, *, threads_per_worker: int = 1,
-                 allowed_failures: int = 1, memory_limit: str = "0",
-                 start_timeout: float = 60.0) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers!r}")
-        self.workers = workers
-        self.threads_per_worker = threads_per_worker
-        self.allowed_failures = allowed_failures
-        self.memory_limit = memory_limit
-        self.start_timeout = start_timeout
-        self.address: Optional[str] = None
-        self.scheduler: Optional[ChildProcess] = None
-        self.worker: Optional[ChildProcess] = None
-        self._dir = tempfile.mkdtemp(prefix="packet_gevent-dask-")
-        self.log_path = os.path.join(self._dir, "cluster.log")
-        self._owner_pid = os.getpid()
-
-    def __repr__(self) -> str:
-        return f"<LocalDaskCluster {self.address or 'not started'} workers={self.workers}>"
-
-    def _env(self) -> Dict[str, str]:
-        env = dict(os.environ)
-        env["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = str(self.allowed_failures)
-        env.setdefault("DASK_DISTRIBUTED__WORKER__DAEMON", "False")
-        env.pop("PYTHONSTARTUP", None)
-        return env
-
-    def start(self) -> str:
-        """Start the scheduler, then the workers; return the scheduler's address."""
-        _import_dask()
-        info = os.path.join(self._dir, "scheduler.json")
-        env = self._env()
-        self.scheduler = spawn_child(_exec_dask, name="dask-scheduler", args=(
-            ["-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-             "--dashboard-address", "127.0.0.1:0", "--scheduler-file", info],
-            self.log_path, env))
-        deadline = time.monotonic() + self.start_timeout
-        self.address = self._wait_for_address(info, deadline)
-        self.worker = spawn_child(_exec_dask, name="dask-worker", args=(
-            ["-m", "distributed.cli.dask_worker", self.address, "--host", "127.0.0.1",
-             "--nworkers", str(self.workers), "--nthreads", str(self.threads_per_worker),
-             "--dashboard-address", "127.0.0.1:0", "--memory-limit", self.memory_limit,
-             "--local-directory", self._dir, "--death-timeout", "30"],
-            self.log_path, env))
-        logger.info("local Dask cluster: scheduler %s (pid %d), %d workers (pid %d)",
-                    self.address, self.scheduler.pid, self.workers, self.worker.pid)
-        return self.address
-
-    def _wait_for_address(self, info: str, deadline: float) -> str:
-        # The scheduler writes the file once it listens; no event to wait on
-        # across the exec, so poll (cooperatively) until it is complete JSON.
-        while time.monotonic() < deadline:
-            if not self.scheduler.alive:
-                raise RuntimeError(f"the Dask scheduler {self.scheduler.describe_exit()}; "
-                                   f"see {self.log_path}")
-            try:
-                with open(info) as fh:
-                    return json.load(fh)["address"]
-            except (FileNotFoundError, ValueError, KeyError):
-                gevent.sleep(0.05)
-        self.stop()
-        raise TimeoutError(f"the Dask scheduler did not start in {self.start_timeout} s; "
-                           f"see {self.log_path}")
-
-    def pids(self) -> List[int]:
-        """Pids of the live processes started here (scheduler, worker launcher)."""
-        return [p.pid for p in (self.scheduler, self.worker) if p is not None and p.alive]
-
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM the workers, then the scheduler; SIGKILL what is left after ``grace``.
-
-        Cooperative; returns once both processes were reaped.  A forked
-        child of the owner never stops it.
-        """
-        if os.getpid() != self._owner_pid:
-            return
-        for child in (self.worker, self.scheduler):
-            if child is not None and child.alive:
-                child.terminate(grace)
-        try:
-            for name in os.listdir(self._dir):
-                path = os.path.join(self._dir, name)
-                if os.path.isfile(path) and name != "cluster.log":
-                    os.unlink(path)
-        except OSError:
-            pass
 
 
 # -- the client thread ----------------------------------------------------------------------------
@@ -315,7 +182,7 @@ class _ClientThread:
                 self.pool._to_hub(self.stopped.set)
 
     async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
-        distributed = self._distributed = _import_dask()
+        distributed = self._distributed = import_dask()
         self._stopping = asyncio.Event()
         pool = self.pool
         try:
@@ -492,7 +359,7 @@ class _ClientThread:
             self.pool._to_hub(self.pool._complete, task.future, value, error)
 
     def _map_error(self, task: _Task, exc: BaseException) -> BaseException:
-        distributed = _import_dask()
+        distributed = import_dask()
         what = describe_callable(task.fn)
         if isinstance(exc, distributed.client.FutureCancelledError):
             if exc.reason == "scheduler-connection-lost":
@@ -614,7 +481,7 @@ class RemotePool(PoolAPI):
             raise ValueError(f"task_timeout must be None or > 0, got {task_timeout!r}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries!r}")
-        _import_dask()
+        import_dask()
         self.task_timeout = task_timeout
         self.retries = retries
         self.connect_timeout = connect_timeout
@@ -627,6 +494,7 @@ class RemotePool(PoolAPI):
         self._pending: set = set()          # the unfinished futures (hub side)
         self._idle = gevent.event.Event()
         self._idle.set()
+        self._down = gevent.event.Event()   # disconnected (and a local cluster stopped)
         self._by_value: set = set()
         self._hub = gevent.get_hub()
         self._thread_id = _get_ident()
@@ -689,16 +557,22 @@ class RemotePool(PoolAPI):
         self._pending = set()
         self._idle = gevent.event.Event()
         self._idle.set()
+        self._down = gevent.event.Event()
+        self._holds = 0
+        self._wake_closed = self._disconnecting = False
         self.cluster = None
         self._connect()
 
     # -- hub side -----------------------------------------------------------------------------
     _holds = 0
+    _wake_closed = False
+    _disconnecting = False
 
     def _keep_loop_alive(self, delta: int) -> None:
         """The hub's async watcher keeps the loop alive while anyone waits on the cluster."""
         self._holds += delta
-        self._wake.ref = self._holds + self._unfinished > 0
+        if not self._wake_closed:
+            self._wake.ref = self._holds + self._unfinished > 0
 
     def _to_hub(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` in the pool's hub (from the client thread)."""
@@ -852,53 +726,60 @@ class RemotePool(PoolAPI):
                                                    cancel_futures=cancel_futures)
             return
         self._closed = True
-        client = self._client
-        if client is None or os.getpid() != self._pid:
+        if os.getpid() != self._pid:  # a forked child that never used the pool
             return
         if cancel_futures:
             for future in list(self._pending):
                 future.cancel()
-        if not wait:
-            if self._unfinished == 0:
-                self._disconnect(wait=False)
-            else:
-                gevent.spawn(self._finish_later)
-            return
-        if gevent.getcurrent() is self._hub:
-            logger.warning("RemotePool.shutdown(wait=True) called in the hub: not waiting")
+        if not wait or gevent.getcurrent() is self._hub:
+            gevent.spawn(self._finish_later)  # the hub cannot wait: a greenlet does
             return
         if not self._idle.wait(timeout):
             logger.warning("RemotePool.shutdown: %d tasks unfinished after %s s; failing them",
                            self._unfinished, timeout)
-            self.kill()
-        self._disconnect(wait=True)
+            self._fail_unfinished(PoolClosed(
+                f"the pool was shut down (timeout={timeout} s) before this task finished"))
+        self._disconnect()
 
     def _finish_later(self) -> None:
         self._idle.wait()
-        self._disconnect(wait=True)
+        self._disconnect()
 
-    def _disconnect(self, wait: bool) -> None:
-        client, self._client = self._client, None
-        if client is None:
+    def _disconnect(self) -> None:
+        """Close the client, end its thread, stop a local cluster; once (others wait for it)."""
+        if self._disconnecting:
+            self._down.wait()
             return
-        self._keep_loop_alive(+1)
-        try:
-            client.post(client.stop)
-            if not client.stopped.wait(self.connect_timeout + 5):
-                logger.warning("RemotePool: the Dask client thread did not stop")
-        finally:
-            self._keep_loop_alive(-1)
-        self._wake.close()
-        if self.cluster is not None:
-            self.cluster.stop()
-
-    def kill(self) -> None:
-        """Stop now: every unfinished task fails with PoolClosed and is cancelled on the cluster."""
-        self._closed = True
+        self._disconnecting = True
         client = self._client
-        if client is None:
-            return
-        error = PoolClosed("the pool was shut down before this task finished")
+        try:
+            if client is not None:
+                self._keep_loop_alive(+1)
+                try:
+                    client.post(client.stop)
+                    if not client.stopped.wait(self.connect_timeout + 5):
+                        logger.warning("RemotePool: the Dask client thread did not stop")
+                finally:
+                    self._keep_loop_alive(-1)
+            self._wake.close()
+            self._wake_closed = True
+            if self.cluster is not None:
+                self.cluster.stop()
+        finally:
+            self._down.set()
+
+    def _fail_unfinished(self, error: BaseException) -> None:
+        client = self._client
         for future in list(self._pending):
             self._complete(future, None, error)
-        client.post(client._fail_all, lambda what: error)
+        if client is not None:
+            client.post(client._fail_all, lambda what: error)
+
+    def kill(self) -> None:
+        """Stop now: unfinished tasks fail with PoolClosed (and are cancelled on the
+        cluster); the client disconnects and a local cluster stops, in the background."""
+        self._closed = True
+        if os.getpid() != self._pid:
+            return
+        self._fail_unfinished(PoolClosed("the pool was killed before this task finished"))
+        gevent.spawn(self._disconnect)
