@@ -6,14 +6,15 @@ cluster (scheduler killed, no worker left) start their own.
 import concurrent.futures
 import os
 import signal
+import threading
 import time
 
 import gevent
 import psutil
 import pytest
 
-from packet_gevent import (Connection, PoolBroken, PoolClosed, Reactor, RemotePool, TaskTimeout,
-                           WorkerCrashed)
+from packet_gevent import (Connection, PoolBroken, PoolClosed, Reactor, RemotePool,
+                           SerializationError, TaskTimeout, WorkerCrashed)
 from packet_gevent.pool.dask_cluster import LocalDaskCluster
 from tests.conftest import alive, client, recv_exactly, run_script, wait_for
 
@@ -136,6 +137,26 @@ def test_exception_keeps_its_type_and_remote_traceback(pool):
     assert isinstance(future.exception(), CustomError)
     with pytest.raises(ZeroDivisionError):
         pool.apply(divmod, (1, 0))
+
+
+def give_a_lock():
+    return threading.Lock()
+
+
+def test_what_cannot_be_pickled_fails_its_own_future_with_serialization_error(pool):
+    with pytest.raises(SerializationError, match="could not send"):
+        pool.submit(add, threading.Lock()).result(timeout=10)
+    with pytest.raises(SerializationError, match="result could not be sent back"):
+        pool.submit(give_a_lock).result(timeout=10)
+    assert pool.submit(add, 1, 1).result(timeout=10) == 2
+
+
+def test_a_real_thread_submits_and_waits(pool):
+    got = []
+    thread = threading.Thread(target=lambda: got.append(pool.submit(add, 40, 2).result(timeout=10)))
+    thread.start()
+    wait_for(lambda: not thread.is_alive(), 15, "the thread to get its result")
+    assert got == [42]
 
 
 def test_timeout_fails_the_future_and_cancel_cancels(pool):

@@ -88,8 +88,10 @@ _start_new_thread = get_original("_thread", "start_new_thread")
 _get_ident = get_original("_thread", "get_ident")
 
 #: Gathers of finished tasks' values in flight at once: the values of tasks
-#: that finish meanwhile wait and go in the next batch (one request, instead
-#: of one per task through the scheduler: ~25% more tiny tasks/s measured).
+#: that finish meanwhile wait and go in the next batch.  With one
+#: ``client.map`` per batch of submits and batched gathers, tiny tasks ran at
+#: 0.88x the throughput of Dask's own map + gather; with one submit and one
+#: gather per task, 0.5-0.8x (benchmarks/remote.py; shared, noisy machine).
 MAX_GATHERS = 2
 
 #: How often the client thread checks the scheduler connection and the
@@ -372,6 +374,10 @@ class _ClientThread:
             return WorkerCrashed(
                 f"{what}: every Dask worker that ran it died, and Dask gave up (KilledWorker: "
                 f"{exc}); its side effects may have happened more than once")
+        if type(exc) is TypeError and str(exc).startswith("Could not serialize object"):
+            # the worker could not pickle the result back (Dask's own message)
+            return SerializationError(f"{what} ran, but its result could not be sent back: "
+                                      f"{exc}; return picklable values")
         if isinstance(exc, Exception):
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             exc.__traceback__ = None
