@@ -162,9 +162,9 @@ def test_a_real_thread_submits_and_waits(pool):
 def test_timeout_fails_the_future_and_cancel_cancels(pool):
     started = time.monotonic()
     with pytest.raises(TaskTimeout, match="within 0.3 s"):
-        pool.schedule(nap, (5,), timeout=0.3).result(timeout=10)
-    assert time.monotonic() - started < 3
-    future = pool.submit(nap, 5)
+        pool.schedule(nap, (2,), timeout=0.3).result(timeout=10)
+    assert time.monotonic() - started < 1.8
+    future = pool.submit(nap, 2)
     assert future.running() and future.cancel()
     with pytest.raises(concurrent.futures.CancelledError):
         future.result(timeout=1)
@@ -232,7 +232,7 @@ def test_shutdown_without_wait_lets_tasks_finish_and_kill_fails_them(cluster):
     assert pool._down.wait(10), "the pool did not disconnect after its last task"
 
     pool = RemotePool(cluster.address)
-    doomed = [pool.submit(nap, 5) for _ in range(3)]
+    doomed = [pool.submit(nap, 2) for _ in range(3)]
     started = time.monotonic()
     pool.kill()
     for future in doomed:
@@ -319,18 +319,20 @@ def test_reactor_defer_runs_on_the_cluster_and_stop_shuts_the_pool(cluster):
 def test_no_worker_left_then_scheduler_lost_fail_pending_futures_within_the_bound():
     pool = RemotePool(workers=1, no_worker_timeout=1.0, scheduler_timeout=1.0)
     cluster = pool.cluster
-    procs = tree(cluster.scheduler.pid) + tree(cluster.worker.pid)
+    workers = tree(cluster.worker.pid)
+    procs = tree(cluster.scheduler.pid) + workers
     try:
         assert pool.submit(add, 1, 1).result(timeout=10) == 2
         # every worker gone (the launcher and its workers): tasks fail, they do not hang
         cluster.worker.kill(signal.SIGKILL)
-        assert cluster.worker.wait(10)
-        wait_for(lambda: not pool.worker_pids(), 15, "the scheduler to drop the worker")
+        gone, left = psutil.wait_procs(workers, timeout=15)
+        assert not left, f"worker processes outlived their launcher: {left}"
         started = time.monotonic()
         waiting = pool.submit(add, 2, 2)
         with pytest.raises(WorkerCrashed, match="no Dask worker left"):
-            waiting.result(timeout=10)
-        assert time.monotonic() - started < 5
+            waiting.result(timeout=15)
+        # the bound: the scheduler's news (~2 s) + no_worker_timeout (1 s) + slack for load
+        assert time.monotonic() - started < 8
         # the scheduler killed: pending futures fail with PoolBroken, and so does submit
         pending = [pool.submit(nap, 30) for _ in range(3)]
         cluster.scheduler.kill(signal.SIGKILL)
@@ -366,7 +368,7 @@ if __name__ == "__main__":
         except CustomError:
             pass
         try:
-            pool.schedule(nap, (5,), timeout=0.2).result(10); raise SystemExit("no timeout")
+            pool.schedule(nap, (1,), timeout=0.2).result(10); raise SystemExit("no timeout")
         except TaskTimeout:
             pass
         ticks = []
