@@ -212,14 +212,17 @@ def test_1000_greenlets_wait_at_once_and_the_hub_stays_responsive(pool):
 
 
 def test_submit_after_shutdown_raises_pool_closed(cluster):
-    pool = RemotePool(cluster.address)
     fds = len(os.listdir("/proc/self/fd"))
+    threads = len(os.listdir("/proc/self/task"))
+    pool = RemotePool(cluster.address)
     assert pool.submit(add, 2, 3).result(timeout=10) == 5
     pool.shutdown()
     with pytest.raises(PoolClosed):
         pool.submit(add, 1, 1)
     pool.shutdown()  # twice is harmless
-    assert len(os.listdir("/proc/self/fd")) <= fds
+    assert len(os.listdir("/proc/self/fd")) <= fds  # the client's sockets, loop, watcher: closed
+    # the client's OS thread ends (it reported stopping just before it returns)
+    wait_for(lambda: len(os.listdir("/proc/self/task")) <= threads, 5, "the client thread to end")
 
 
 def test_shutdown_without_wait_lets_tasks_finish_and_kill_fails_them(cluster):
@@ -241,6 +244,18 @@ def test_shutdown_without_wait_lets_tasks_finish_and_kill_fails_them(cluster):
     assert time.monotonic() - started < 2
     pool.shutdown(wait=True, timeout=10)  # waits for kill's disconnect
     assert pool._down.is_set() and len(pool) == 0
+
+
+def test_no_scheduler_at_the_address_is_a_clear_error_within_the_bound():
+    import socket
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match=f"could not connect to the Dask scheduler at "
+                                              f"tcp://127.0.0.1:{port}"):
+        RemotePool(f"tcp://127.0.0.1:{port}", connect_timeout=1)
+    assert time.monotonic() - started < 6
 
 
 def test_the_cluster_listens_on_loopback_only(cluster):

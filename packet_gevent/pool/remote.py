@@ -173,15 +173,17 @@ class _ClientThread:
     # -- the thread ----------------------------------------------------------------------
     def _main(self) -> None:
         loop = asyncio.new_event_loop()
+        error: Optional[BaseException] = None
         try:
             loop.run_until_complete(self._run(loop))
-        except BaseException:  # never silent: the pool would hang
+        except BaseException as exc:  # never silent: the pool would hang
             logger.exception("RemotePool: the Dask client thread failed")
+            error = exc
         finally:
             try:
                 loop.close()
             finally:
-                self.pool._to_hub(self.stopped.set)
+                self.pool._to_hub(self.pool._client_thread_ended, self, error)
 
     async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         distributed = self._distributed = import_dask()
@@ -541,7 +543,11 @@ class RemotePool(PoolAPI):
         self._keep_loop_alive(+1)
         try:
             client.start()
-            error = client.started.get()
+            # Client() and wait_for_workers are each bounded by connect_timeout.
+            try:
+                error = client.started.get(timeout=2 * self.connect_timeout + 10)
+            except gevent.Timeout:
+                error = TimeoutError("the Dask client thread did not report back")
         finally:
             self._keep_loop_alive(-1)
         if error is not None:
@@ -619,6 +625,18 @@ class RemotePool(PoolAPI):
             if self._unfinished == 0:
                 self._idle.set()
                 self._keep_loop_alive(0)
+
+    def _client_thread_ended(self, client: _ClientThread, error: Optional[BaseException]) -> None:
+        """In the hub: the client thread is gone; unless asked to, the pool cannot go on."""
+        if not client.started.ready():
+            client.started.set(error or RuntimeError("the Dask client thread ended"))
+        client.stopped.set()
+        if client is self._client and not self._disconnecting:
+            broken = PoolBroken(f"the Dask client thread ended unexpectedly ({error!r}); "
+                                f"create a new RemotePool")
+            self._set_broken(broken)
+            for future in list(self._pending):
+                self._complete(future, None, broken)
 
     def _set_broken(self, error: PoolBroken) -> None:
         self._broken = error
