@@ -21,8 +21,10 @@ How it talks to Dask (each point a trap measured under gevent):
   patched).  Greenlets hand it work through ``call_soon_threadsafe``; it
   hands outcomes back through one ``hub.loop.async_()`` watcher, and the hub
   completes the futures, so a greenlet waiting on a task blocks only itself.
-* Results are fetched on that loop (``await future``): a done callback alone
-  would leave the value on the worker.
+* The tasks of one function posted together go to the scheduler in one
+  ``client.map``.  Values are fetched on that loop, once the scheduler says a
+  task finished, by ``client.gather`` in batches (a done callback alone would
+  leave the value on the worker).
 * Tasks are submitted with ``pure=False`` (identical calls would otherwise
   share one key and run once).  The modules of the functions sent, when they
   are not installed packages, are registered with cloudpickle to travel by
@@ -47,14 +49,17 @@ Faults, each mapped onto what ForkPool raises:
 * ``cancel()``: the task is cancelled on the cluster (same caveat);
 * no worker left for ``no_worker_timeout`` seconds: unfinished tasks fail with
   WorkerCrashed (they never hang);
-* the scheduler lost (connection dropped, not back within
-  ``scheduler_timeout``): every unfinished task fails with
-  :class:`~packet_gevent.PoolBroken` and ``submit`` raises it.
+* the scheduler lost: every unfinished task fails at once with
+  :class:`~packet_gevent.PoolBroken` (Dask drops them when the connection
+  drops); if it is not back within ``scheduler_timeout`` the pool is broken
+  and ``submit`` raises PoolBroken too (so it does if the client thread ever
+  ends on its own).
 
-Measured on this 2-core VM (benchmarks/remote.py; shared machine): a
-trivial round trip takes ~10-15 ms and a local 2-worker cluster runs ~500
-tiny tasks/s, against ~50 us and ~150k/s for ForkPool: RemotePool is for
-tasks of ~10 ms and more, or for more cores than one machine has.
+Measured on this 2-core VM (benchmarks/remote.py; shared, loaded machine):
+a trivial round trip takes ~11 ms and a local 2-worker cluster runs ~300-600
+tiny tasks/s (0.88x Dask's own ``map`` + ``gather`` from a thread), against
+~0.1 ms and ~150k/s for ForkPool: RemotePool is for tasks of ~10 ms and
+more, or for more cores than one machine has.
 """
 from __future__ import annotations
 
@@ -498,36 +503,42 @@ class RemotePool(PoolAPI):
         self.cluster: Optional[LocalDaskCluster] = None
         self._closed = False
         self._broken: Optional[PoolBroken] = None
-        self._unfinished = 0
-        self._pending: set = set()          # the unfinished futures (hub side)
-        self._idle = gevent.event.Event()
-        self._idle.set()
-        self._down = gevent.event.Event()   # disconnected (and a local cluster stopped)
         self._by_value: set = set()
-        self._hub = gevent.get_hub()
-        self._thread_id = _get_ident()
-        self._outbox: Deque[Tuple[Callable[..., Any], tuple]] = collections.deque()
-        self._wake = self._hub.loop.async_()
-        self._wake.start(self._drain_outbox)
-        self._wake.ref = False
-        self._pid = os.getpid()
-        if address is None:
-            self.cluster = LocalDaskCluster(workers or os.cpu_count() or 1,
-                                            allowed_failures=allowed_failures,
-                                            start_timeout=connect_timeout)
-            address = self.cluster.start()
-            if min_workers is None:
-                min_workers = self.cluster.workers
-        self.address = address
-        self.min_workers = 1 if min_workers is None else min_workers
         self._client: Optional[_ClientThread] = None
+        self._init_process_state()
         try:
+            if address is None:
+                self.cluster = LocalDaskCluster(workers or os.cpu_count() or 1,
+                                                allowed_failures=allowed_failures,
+                                                start_timeout=connect_timeout)
+                address = self.cluster.start()
+                if min_workers is None:
+                    min_workers = self.cluster.workers
+            self.address = address
+            self.min_workers = 1 if min_workers is None else min_workers
             self._connect()
         except BaseException:
             if self.cluster is not None:
                 self.cluster.stop()
             self._wake.close()
             raise
+
+    def _init_process_state(self) -> None:
+        """What belongs to this process and its hub (made again in a forked child)."""
+        self._pid = os.getpid()
+        self._hub = gevent.get_hub()
+        self._thread_id = _get_ident()
+        self._unfinished = 0
+        self._pending: set = set()          # the unfinished futures (hub side)
+        self._idle = gevent.event.Event()
+        self._idle.set()
+        self._down = gevent.event.Event()   # disconnected (and a local cluster stopped)
+        self._holds = 0                     # greenlets waiting on the cluster (not on tasks)
+        self._outbox: Deque[Tuple[Callable[..., Any], tuple]] = collections.deque()
+        self._wake = self._hub.loop.async_()
+        self._wake.start(self._drain_outbox)
+        self._wake.ref = False
+        self._wake_closed = self._disconnecting = False
 
     def __repr__(self) -> str:
         state = "broken" if self._broken else ("closed" if self._closed else "open")
@@ -558,28 +569,11 @@ class RemotePool(PoolAPI):
 
     def _after_fork(self) -> None:
         """In a forked child: a fresh hub watcher and client thread, no cluster ownership."""
-        self._pid = os.getpid()
-        self._hub = gevent.get_hub()
-        self._thread_id = _get_ident()
-        self._outbox = collections.deque()
-        self._wake = self._hub.loop.async_()
-        self._wake.start(self._drain_outbox)
-        self._wake.ref = False
-        self._unfinished = 0
-        self._pending = set()
-        self._idle = gevent.event.Event()
-        self._idle.set()
-        self._down = gevent.event.Event()
-        self._holds = 0
-        self._wake_closed = self._disconnecting = False
+        self._init_process_state()
         self.cluster = None
         self._connect()
 
     # -- hub side -----------------------------------------------------------------------------
-    _holds = 0
-    _wake_closed = False
-    _disconnecting = False
-
     def _keep_loop_alive(self, delta: int) -> None:
         """The hub's async watcher keeps the loop alive while anyone waits on the cluster."""
         self._holds += delta
