@@ -306,7 +306,7 @@ def test_max_pending_makes_submit_wait_cooperatively(tmp_path):
         gevent.get_hub().loop.run_callback(lambda: hub_submitted.append(p.submit(inc, 1)))
         wait_for(lambda: hub_submitted, message="the hub's submit")
         assert hub_submitted[0].result(timeout=10) == 2
-        assert p._pending_sem.counter == 2
+        assert p._scheduler._pending_sem.counter == 2
 
 
 def test_max_tasks_per_child_recycles_processes():
@@ -399,7 +399,7 @@ def test_killed_processes_are_freed_without_a_gc_collection():
             refs = []
             for _ in range(3):
                 pid = pool.submit(os.getpid).result(timeout=30)
-                proc = next(p for p in pool._procs if p is not None and p.pid == pid)
+                proc = next(r.proc for r in pool._scheduler._procs if r is not None and r.proc.pid == pid)
                 refs += [weakref.ref(proc), weakref.ref(proc.child), weakref.ref(proc.channel)]
                 assert isinstance(proc.channel, Channel)
                 del proc

@@ -101,6 +101,7 @@ def test_future_works_with_stdlib_wait_from_a_thread_and_is_cheap():
     futures[0].set_result(1)
     futures[1].set_exception(KeyError("k"))
     assert futures[2].cancel()
+    futures[2].set_running_or_notify_cancel()  # an ownerless future: its executor notifies
     thread.join(10)
     done, not_done = results[0]
     assert done == set(futures) and not not_done
@@ -115,6 +116,8 @@ def test_future_cancel_notifies_as_completed_and_callbacks():
     seen = []
     future.add_done_callback(seen.append)
     assert future.cancel() and future.cancelled() and seen == [future]
+    # an ownerless future follows the stdlib: done for as_completed once notified
+    assert future.set_running_or_notify_cancel() is False
     assert list(concurrent.futures.as_completed([future], timeout=1)) == [future]
     assert future.cancel()  # again: still True
 

@@ -36,7 +36,7 @@ import collections
 import concurrent.futures
 import itertools
 import time
-from concurrent.futures._base import PENDING
+from concurrent.futures._base import CANCELLED, PENDING
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional
 
 import gevent
@@ -302,6 +302,8 @@ class _ThenFuture(Future):
     def cancel(self) -> bool:
         if not super().cancel():
             return False
+        if self._state == CANCELLED:
+            self.set_running_or_notify_cancel()  # no executor will: done for rawlinks now
         self._inner.cancel()
         return True
 
@@ -330,5 +332,7 @@ class _GreenletFuture(Future):
     def cancel(self) -> bool:
         if not super().cancel():
             return False
+        if self._state == CANCELLED:
+            self.set_running_or_notify_cancel()  # no executor will: done for rawlinks now
         self._greenlet.kill(block=False)
         return True

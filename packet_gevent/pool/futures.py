@@ -9,11 +9,13 @@ the hub; done callbacks run there too, so they must not block.
 
 Compatibility:
 
-* ``concurrent.futures.wait`` / ``as_completed`` work under ``patch_all()``
-  and from other threads.  Under plain gevent, call them from the hub's
-  thread and they block the hub (and so never see the future complete): use
-  :func:`wait` / :func:`as_completed` from this module, or ``gevent.wait`` /
-  ``gevent.iwait`` (futures have ``rawlink``), instead.
+* ``concurrent.futures.wait`` / ``as_completed`` block only the calling
+  greenlet on these futures, patched or not: the waiter they install on a
+  future (``_waiters``) gets a gevent Event in place of its
+  ``threading.Event`` (:class:`_WaiterList`).  :func:`wait` /
+  :func:`as_completed` from this module, and ``gevent.wait`` /
+  ``gevent.iwait`` (futures have ``rawlink``), do the same without the
+  stdlib's locks.  No wait works from the hub itself (a done callback).
 * ``result()`` from another thread works (gevent events wake waiters in
   other threads).
 * :class:`TaskResult` is what ``ForkPool.spawn`` / ``apply_async`` return:
@@ -36,7 +38,7 @@ import gevent.event
 import gevent.queue
 from gevent import Timeout
 from gevent._waiter import Waiter
-from gevent.monkey import get_original
+from gevent.monkey import get_original, is_module_patched
 from greenlet import getcurrent
 
 __all__ = ["Future", "TaskResult", "wait", "as_completed", "DoneAndNotDone"]
@@ -44,6 +46,10 @@ __all__ = ["Future", "TaskResult", "wait", "as_completed", "DoneAndNotDone"]
 logger = logging.getLogger(__name__)
 
 _DONE_STATES = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+#: Done as ``concurrent.futures.wait`` / ``as_completed`` count it: a future
+#: CANCELLED but not yet notified (by its executor's set_running_or_notify_cancel)
+#: is not done for them.
+_NOTIFIED_STATES = (CANCELLED_AND_NOTIFIED, FINISHED)
 
 
 # Guards the lazy creation of a future's threading.Condition and the state
@@ -94,7 +100,7 @@ class Future(concurrent.futures.Future):
     def _waiters(self) -> list:
         with _lazy_lock:
             if self._waiter_list is None:
-                self._waiter_list = []
+                self._waiter_list = _WaiterList()
             return self._waiter_list
 
     @property
@@ -225,17 +231,21 @@ class Future(concurrent.futures.Future):
         cond = self._condition
         with cond:
             with _lazy_lock:
-                if self._state == CANCELLED:
+                cancelled = self._state == CANCELLED
+                if cancelled:
                     self._state = CANCELLED_AND_NOTIFIED
                     for waiter in self._waiter_list or ():
                         waiter.add_cancelled(self)
-                    return False
-                if self._state == PENDING:
+                elif self._state == PENDING:
                     self._state = RUNNING
                     return True
+        if cancelled:
+            self._wake()  # rawlinks wait for the notification, as wait() does
+            return False
         raise RuntimeError(f"Future in unexpected state: {self!r}")
 
-    def _wake(self) -> None:
+    def _wake(self, links: bool = True) -> None:
+        """Resume the greenlets waiting in result() and (``links``) run the rawlinks."""
         with _lazy_lock:
             waiters, self._greenlet_waiters = self._greenlet_waiters, None
         if waiters:
@@ -247,10 +257,10 @@ class Future(concurrent.futures.Future):
                     hub.loop.run_callback(waiter.switch, None)
                 else:
                     hub.loop.run_callback_threadsafe(waiter.switch, None)
-        links = self._links
-        if links:  # like gevent's own objects: from a callback in the hub that linked
+        pending = self._links if links else None
+        if pending:  # like gevent's own objects: from a callback in the hub that linked
             self._links = None
-            for hub, link in links:
+            for hub, link in pending:
                 if hub.thread_ident == _get_ident():
                     hub.loop.run_callback(self._run_link, link)
                 else:
@@ -291,8 +301,13 @@ class Future(concurrent.futures.Future):
     def cancel(self) -> bool:
         """Cancel the task: queued, sent to a process, or running (its process is killed).
 
-        Returns False only when the task has already finished.
+        Returns False only when the task has already finished.  A future with
+        no owner (made by hand, for another executor) follows the stdlib: a
+        running one cannot be cancelled, and a cancelled one is done for
+        ``wait`` / ``as_completed`` / rawlinks once its executor called
+        ``set_running_or_notify_cancel()``.
         """
+        owner = self._owner
         cond = self._cond
         if cond is not None:
             cond.acquire()
@@ -303,10 +318,16 @@ class Future(concurrent.futures.Future):
                 if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                     return True
                 was_running = self._state == RUNNING
-                # Straight to "notified": no executor will pick this future up
-                # again to call set_running_or_notify_cancel.
-                self._state = CANCELLED_AND_NOTIFIED
-                waiters = list(self._waiter_list or ())
+                if owner is None:
+                    if was_running:
+                        return False
+                    self._state = CANCELLED
+                    waiters = []
+                else:
+                    # Straight to "notified": no executor will pick this future
+                    # up again to call set_running_or_notify_cancel.
+                    self._state = CANCELLED_AND_NOTIFIED
+                    waiters = list(self._waiter_list or ())
             for waiter in waiters:
                 waiter.add_cancelled(self)
             if cond is not None:
@@ -314,10 +335,9 @@ class Future(concurrent.futures.Future):
         finally:
             if cond is not None:
                 cond.release()
-        owner = self._owner
         if owner is not None:
             owner.task_cancelled(self, was_running)
-        self._wake()
+        self._wake(links=owner is not None)
         self._invoke_callbacks()
         return True
 
@@ -337,8 +357,12 @@ class Future(concurrent.futures.Future):
 
     # -- gevent.wait() / gevent.iwait() protocol ------------------------------------------------
     def rawlink(self, callback: Callable[[Any], Any]) -> None:
-        """Call ``callback(self)`` in the hub when done (at once, from the hub, if done)."""
-        if self._state in _DONE_STATES:
+        """Call ``callback(self)`` in the hub when done (at once, from the hub, if done).
+
+        A future cancelled by ``cancel()`` is done; one in the stdlib's
+        CANCELLED state is done once its executor was notified.
+        """
+        if self._state in _NOTIFIED_STATES:
             gevent.get_hub().loop.run_callback(callback, self)
             return
         if self._links is None:
@@ -459,9 +483,14 @@ ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
 
 def wait(fs: Iterable[Future], timeout: Optional[float] = None,
          return_when: str = ALL_COMPLETED) -> DoneAndNotDone:
-    """``concurrent.futures.wait`` for pool futures, blocking only the calling greenlet."""
+    """``concurrent.futures.wait`` for pool futures, blocking only the calling greenlet.
+
+    Returns ``(done, not_done)`` when ``return_when`` is met or ``timeout``
+    runs out, like the stdlib; a future CANCELLED but not yet notified is
+    not done.
+    """
     fs = set(fs)
-    done = {f for f in fs if f._state in _DONE_STATES}
+    done = {f for f in fs if f._state in _NOTIFIED_STATES}
     not_done = fs - done
 
     def satisfied() -> bool:
@@ -470,45 +499,70 @@ def wait(fs: Iterable[Future], timeout: Optional[float] = None,
         if return_when == FIRST_COMPLETED:
             return bool(done)
         if return_when == FIRST_EXCEPTION:
-            return any(f._state != FINISHED or f._exception is not None for f in done)
+            return any(f._state == FINISHED and f._exception is not None for f in done)
         return False
 
     if satisfied():
         return DoneAndNotDone(done, not_done)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    for future in as_completed(not_done, timeout):
-        done.add(future)
-        not_done.discard(future)
-        if satisfied() or (deadline is not None and time.monotonic() >= deadline):
-            break
+    try:
+        for future in as_completed(not_done, timeout):
+            done.add(future)
+            not_done.discard(future)
+            if satisfied():
+                break
+    except TimeoutError:
+        pass
     return DoneAndNotDone(done, not_done)
 
 
 def as_completed(fs: Iterable[Future], timeout: Optional[float] = None) -> Iterator[Future]:
     """Yield futures as they finish; TimeoutError if ``timeout`` seconds pass first.
 
-    Blocks only the calling greenlet.
+    Blocks only the calling greenlet.  Like the stdlib's, it keeps no
+    reference to a future it has yielded.
     """
+    deadline = None if timeout is None else time.monotonic() + timeout
     pending = set(fs)
+    del fs  # the caller's collection: holding it would hold every yielded future
+    total = len(pending)
+    finished = [f for f in pending if f._state in _NOTIFIED_STATES]
+    pending.difference_update(finished)
     queue: gevent.queue.SimpleQueue = gevent.queue.SimpleQueue()
-    ready = [f for f in pending if f._state in _DONE_STATES]
-    for future in ready:
-        pending.discard(future)
-        yield future
     for future in pending:
         future.rawlink(queue.put)
-    deadline = None if timeout is None else time.monotonic() + timeout
     try:
+        while finished:
+            yield finished.pop()
         while pending:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 future = queue.get(timeout=left)
             except gevent.queue.Empty:
-                raise TimeoutError(f"{len(pending)} (of {len(pending) + len(ready)}) futures "
-                                   f"unfinished after {timeout} s") from None
+                raise TimeoutError(f"{len(pending)} (of {total}) futures unfinished") from None
             if future in pending:
                 pending.discard(future)
-                yield future
+                finished.append(future)
+            del future
+            while finished:
+                yield finished.pop()
     finally:
         for future in pending:
             future.unlink(queue.put)
+
+
+class _WaiterList(list):
+    """A future's ``_waiters``: the stdlib's wait() / as_completed() install their waiter here.
+
+    Under plain (unpatched) gevent the waiter's ``threading.Event`` would
+    block the whole hub, so the future it is waiting for could never
+    complete: it is swapped for a gevent Event, which blocks only the
+    calling greenlet (and works from other threads too).  After
+    ``patch_all()`` the stdlib's Event already is gevent's.
+    """
+
+    def append(self, waiter: Any) -> None:
+        event = getattr(waiter, "event", None)
+        if event is not None and not isinstance(event, gevent.event.Event) \
+                and not is_module_patched("threading"):
+            waiter.event = gevent.event.Event()
+        super().append(waiter)

@@ -4,9 +4,10 @@ Started with :func:`~packet_gevent.process.spawn_child` and spoken to over a
 :class:`~packet_gevent.channel.Channel` (master, in the hub) /
 :class:`~packet_gevent.channel.BlockingChannel` (child, no hub): one
 mechanism for workers and pool alike.  What the scheduler decides (which
-task goes where, what a death means for each task) lives in :mod:`.pool`;
-this module only moves task groups and outcomes and tells the pool what
-happened.
+task goes where, what a death means for each task) lives in :mod:`.scheduler`;
+this module only moves task groups and outcomes and tells the scheduler what
+happened: :class:`PoolProcess` is the fork implementation of the scheduler's
+:class:`~packet_gevent.pool.scheduler.BackendProcess`.
 
 Messages (tuples; the payloads are :class:`~packet_gevent.tasks.TaskCodec`
 encodings, decoded by the receiver itself so a bad object fails one task,
@@ -42,11 +43,11 @@ import select
 import struct
 import time
 import traceback
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, List, Optional, Set, Tuple
 
 from ..ipc.channel import BlockingChannel, Channel
 from ..ipc.process import ChildProcess, spawn_child
-from .tasks import ERR, Encoded, GroupDecodeError, Task, TaskCodec, run_call
+from .tasks import ERR, Encoded, GroupDecodeError, TaskCodec, run_call
 
 __all__ = ["PoolProcess", "Markers", "RUN", "SKIP", "DONE", "BAD_GROUP", "INIT_FAILED",
            "EXIT_INIT_FAILED", "FLUSH_INTERVAL"]
@@ -109,12 +110,11 @@ class Markers:
 
 
 class PoolProcess:
-    """The master's view of one pool process: channel, tasks in flight, how it ended.
+    """The master's view of one pool process: its channel and how it ended.
 
-    ``inflight`` maps task id -> Task in the order the tasks were sent, which
-    is the order the child runs them.  The pool is called back, in the hub,
-    with ``_on_outcomes(proc, outcomes, busy)``, ``_on_bad_group(proc, ids)``,
-    ``_on_init_failed(proc, text)`` and ``_on_gone(proc)`` (once, when the
+    ``pool`` (the scheduler's BackendEvents) is called back, in the hub, with
+    ``on_outcomes(proc, outcomes, busy)``, ``on_bad_group(proc, ids, why)``,
+    ``on_init_failed(proc, text)`` and ``on_gone(proc)`` (once, when the
     process has exited and its channel is drained).
     """
 
@@ -133,15 +133,11 @@ class PoolProcess:
         self.markers = markers
         self.codec = codec
         self.max_tasks = max_tasks
-        self.inflight: Dict[int, Task] = {}
-        self.sent = 0             # tasks ever sent (max_tasks_per_child)
         self.accepting = True     # False once retiring, killed or closed
         self.killed_for: Optional[str] = None
         self.eof = False
         self.exited = False
         self.gone = False
-        self.timeout_timer: Any = None
-        self.timeout_due = 0.0
         self._grace_timer: Any = None
         markers.clear(slot)
         self.child: ChildProcess = spawn_child(
@@ -154,7 +150,7 @@ class PoolProcess:
         self.child.on_exit(self._on_exit)
 
     def __repr__(self) -> str:
-        return (f"<PoolProcess slot={self.slot} pid={self.pid} inflight={len(self.inflight)} "
+        return (f"<PoolProcess slot={self.slot} pid={self.pid} "
                 f"{'accepting' if self.accepting else 'closing'}>")
 
     # -- sending ------------------------------------------------------------------------
@@ -168,10 +164,27 @@ class PoolProcess:
             except Exception:  # closed under us: its death settles everything
                 logger.debug("pool process %d: cannot send skip", self.pid, exc_info=True)
 
-    def running(self) -> Tuple[Optional[Task], float]:
-        """(the task this process runs now or None, when it started: time.monotonic)."""
-        tid, started = self.markers.read(self.slot)
-        return self.inflight.get(tid), started
+    def running(self) -> Tuple[int, float]:
+        """(id of the task this process runs now, 0 if none; its start: time.monotonic)."""
+        return self.markers.read(self.slot)
+
+    # -- how it ended (ChildProcess's facts) -----------------------------------------------
+    @property
+    def alive(self) -> bool:
+        return not self.gone and self.child.alive
+
+    @property
+    def exitcode(self) -> Optional[int]:
+        return self.child.exitcode
+
+    def describe_exit(self) -> str:
+        return self.child.describe_exit()
+
+    def crash_error(self, what: str) -> BaseException:
+        return self.child.crash_error(what)
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        return self.child.wait(timeout)
 
     # -- ending ---------------------------------------------------------------------------
     def kill(self, reason: str) -> None:
@@ -187,10 +200,9 @@ class PoolProcess:
         self.channel.close()
 
     def cancel_timers(self) -> None:
-        for timer in (self.timeout_timer, self._grace_timer):
-            if timer is not None:
-                timer.close()
-        self.timeout_timer = self._grace_timer = None
+        if self._grace_timer is not None:
+            self._grace_timer.close()
+        self._grace_timer = None
 
     # -- events (in the hub) -------------------------------------------------------------
     def _on_message(self, msg: Tuple[Any, ...]) -> None:
@@ -203,12 +215,12 @@ class PoolProcess:
                                  "killing it", self.pid)
                 self.kill("sent an unreadable reply")
                 return
-            self.pool._on_outcomes(self, outcomes, msg[2])
+            self.pool.on_outcomes(self, outcomes, msg[2])
         elif kind == BAD_GROUP:
-            self.pool._on_bad_group(self, msg[1], msg[2])
+            self.pool.on_bad_group(self, msg[1], msg[2])
         elif kind == INIT_FAILED:
             self.accepting = False
-            self.pool._on_init_failed(self, msg[1])
+            self.pool.on_init_failed(self, msg[1])
         else:
             logger.error("pool process %d sent an unknown message %r", self.pid, kind)
 
@@ -247,7 +259,7 @@ class PoolProcess:
         self.gone = True
         self.cancel_timers()
         self.channel.close()
-        self.pool._on_gone(self)
+        self.pool.on_gone(self)
 
 
 # -- the child ----------------------------------------------------------------------------------

@@ -60,8 +60,9 @@ class Task:
     ``id`` is unique per pool; ``timeout`` is its running-time limit in
     seconds (None: none); ``tries`` counts the processes that died while it
     was queued there; ``alone`` asks for it to be sent in a group of its own
-    (its group once failed to decode); ``where`` is the scheduler's note of
-    where it was sent.  A mixin without slots: the fork pool makes each
+    (its group once failed to decode).  ``fn``, ``args`` and ``kwargs`` are
+    set to None once the task has its outcome (a finished future keeps only
+    its result).  A mixin without slots: the fork pool makes each
     task and its future one object (one GC-tracked object per task; with
     20,000 tasks in flight every extra one lengthens the garbage
     collector's full passes, which stall the hub).
@@ -76,10 +77,9 @@ class Task:
         self.timeout = timeout
         self.tries = 0
         self.alone = False
-        self.where: Any = None
 
     def __repr__(self) -> str:
-        return f"<Task {self.id} {describe_callable(self.fn)}>"
+        return f"<Task {self.id} {describe_callable(self.fn) if self.fn else 'done'}>"
 
 
 class GroupDecodeError(SerializationError):
