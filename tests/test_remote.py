@@ -258,7 +258,7 @@ def test_no_scheduler_at_the_address_is_a_clear_error_within_the_bound():
     assert time.monotonic() - started < 6
 
 
-def test_the_cluster_listens_on_loopback_only(cluster):
+def test_the_cluster_listens_on_loopback_only(cluster, pool):  # pool: the workers are up
     listening = [(proc.pid, c.laddr) for proc in tree(cluster.scheduler.pid) + tree(cluster.worker.pid)
                  for c in proc.net_connections("inet") if c.status == psutil.CONN_LISTEN]
     # the scheduler (+ dashboard), each worker and nanny (+ dashboards)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -65,8 +66,9 @@ class LocalDaskCluster:
     dashboard included, is on 127.0.0.1 (Dask opens its HTTP server on
     0.0.0.0 unless told).  Not ``distributed.LocalCluster``: under
     ``patch_all()`` its multiprocessing workers never reported back.
-    ``start()`` returns once all workers have registered.  Logs go to
-    ``log_path`` (a temporary file).  Call from the main thread.
+    ``start()`` returns once the scheduler listens (RemotePool then waits
+    for the workers).  Logs go to ``log_path``, in a temporary directory
+    removed at ``stop()`` unless start-up failed.  Call from the main thread.
     """
 
     def __init__(self, workers: int = 2, *, threads_per_worker: int = 1,
@@ -84,6 +86,8 @@ class LocalDaskCluster:
         self.worker: Optional[ChildProcess] = None
         self._dir = tempfile.mkdtemp(prefix="packet_gevent-dask-")
         self.log_path = os.path.join(self._dir, "cluster.log")
+        #: Keep the log (and its directory) at ``stop()``: set when start-up failed.
+        self.keep_log = False
         self._owner_pid = os.getpid()
 
     def __repr__(self) -> str:
@@ -92,8 +96,9 @@ class LocalDaskCluster:
     def _env(self) -> Dict[str, str]:
         env = dict(os.environ)
         env["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = str(self.allowed_failures)
+        # Non-daemonic workers, so tasks may start processes of their own; a
+        # worker still exits when its nanny dies (it watches a pipe from it).
         env.setdefault("DASK_DISTRIBUTED__WORKER__DAEMON", "False")
-        env.pop("PYTHONSTARTUP", None)
         return env
 
     def start(self) -> str:
@@ -122,6 +127,7 @@ class LocalDaskCluster:
         # across the exec, so poll (cooperatively) until it is complete JSON.
         while time.monotonic() < deadline:
             if not self.scheduler.alive:
+                self.keep_log = True
                 raise RuntimeError(f"the Dask scheduler {self.scheduler.describe_exit()}; "
                                    f"see {self.log_path}")
             try:
@@ -129,6 +135,7 @@ class LocalDaskCluster:
                     return json.load(fh)["address"]
             except (FileNotFoundError, ValueError, KeyError):
                 gevent.sleep(0.05)
+        self.keep_log = True
         self.stop()
         raise TimeoutError(f"the Dask scheduler did not start in {self.start_timeout} s; "
                            f"see {self.log_path}")
@@ -148,10 +155,5 @@ class LocalDaskCluster:
         for child in (self.worker, self.scheduler):
             if child is not None and child.alive:
                 child.terminate(grace)
-        try:
-            for name in os.listdir(self._dir):
-                path = os.path.join(self._dir, name)
-                if os.path.isfile(path) and name != "cluster.log":
-                    os.unlink(path)
-        except OSError:
-            pass
+        if not self.keep_log:
+            shutil.rmtree(self._dir, ignore_errors=True)  # the log and the workers' scratch space

@@ -299,6 +299,7 @@ class _ClientThread:
     async def _fetch(self, task: _Task) -> None:
         """Wait until the task is done on the cluster (or its timeout); queue its value."""
         future, dask_future = task.future, task.dask_future
+        settled: Optional[asyncio.Future] = None
         try:
             if task.timeout is None:
                 await dask_future._state.wait()  # what Future.result() awaits first
@@ -306,11 +307,12 @@ class _ClientThread:
             else:
                 settled = asyncio.ensure_future(dask_future._state.wait())
                 done = bool((await asyncio.wait((settled,), timeout=task.timeout))[0])
-                if not done:
-                    settled.cancel()
         except asyncio.CancelledError:  # the pool cancelled it or is stopping
             self.tasks.pop(future, None)
             raise
+        finally:
+            if settled is not None and not settled.done():
+                settled.cancel()
         if not done:
             self._cancel_on_cluster([dask_future])
             self._settle(task, None, TaskTimeout(
