@@ -4,6 +4,7 @@ One cluster serves the module (start-up costs ~2 s); the tests that destroy a
 cluster (scheduler killed, no worker left) start their own.
 """
 import concurrent.futures
+import gc
 import os
 import signal
 import threading
@@ -209,6 +210,35 @@ def test_1000_greenlets_wait_at_once_and_the_hub_stays_responsive(pool):
     lateness.sort()
     p99 = lateness[int(len(lateness) * 0.99)]
     assert len(lateness) > 20 and p99 < 0.05, (len(lateness), p99, lateness[-1])
+
+
+def test_a_greenlet_submitting_thousands_does_not_stall_the_hub(pool):
+    gaps = []
+    submitting = []
+
+    def ticker():
+        while not submitting or submitting[-1]:
+            before = time.perf_counter()
+            gevent.sleep(0.001)
+            if submitting:
+                gaps.append(time.perf_counter() - before)
+
+    tick = gevent.spawn(ticker)
+    gevent.sleep(0.01)
+    # A full collection over this process (Dask's objects, pytest's) takes 60-500 ms
+    # and is not what is measured here.
+    gc.disable()
+    try:
+        submitting.append(True)
+        futures = [pool.submit(add, i, 1) for i in range(4000)]  # ~10 us each: ~40 ms unbroken
+        submitting.append(False)
+        tick.join(2)
+    finally:
+        gc.enable()
+    for future in futures:  # not worth running them all
+        future.cancel()
+    assert pool.join(timeout=10)
+    assert len(gaps) >= 5 and max(gaps) < 0.03, (len(gaps), max(gaps))
 
 
 def test_submit_after_shutdown_raises_pool_closed(cluster):

@@ -83,6 +83,7 @@ from ..errors import PoolBroken, PoolClosed, SerializationError, TaskTimeout, Wo
 from .api import PoolAPI
 from .dask_cluster import LocalDaskCluster, import_dask
 from .futures import Future
+from .scheduler import SUBMIT_BURST
 from .tasks import describe_callable, rebuild_exception
 
 __all__ = ["RemotePool", "LocalDaskCluster"]
@@ -536,6 +537,7 @@ class RemotePool(PoolAPI):
         self._idle.set()
         self._down = gevent.event.Event()   # disconnected (and a local cluster stopped)
         self._holds = 0                     # greenlets waiting on the cluster (not on tasks)
+        self._burst = 0                     # submits in this loop turn
         self._outbox: Deque[Tuple[Callable[..., Any], tuple]] = collections.deque()
         self._wake = self._hub.loop.async_()
         self._wake.start(self._drain_outbox)
@@ -696,7 +698,29 @@ class RemotePool(PoolAPI):
             self._count(future)
         future._start_running()  # sent: a cancel() now goes to the cluster
         self._client.post(self._client.send, _Task(future, fn, args, kwargs, timeout))
+        if self._burst == 0 and _get_ident() == self._thread_id:
+            self._hub.loop.run_callback(self._end_burst)
+        self._burst += 1
+        if self._burst >= SUBMIT_BURST and gevent.getcurrent() is not self._hub \
+                and _get_ident() == self._thread_id:
+            self._yield_to_hub()
         return future
+
+    def _end_burst(self) -> None:
+        self._burst = 0
+
+    def _yield_to_hub(self) -> None:
+        """One full loop turn for the hub (timers, I/O), as ForkPool's scheduler does.
+
+        A greenlet submitting thousands of tasks would otherwise hold the hub
+        for the whole loop (~10 us a submit).  ``gevent.sleep(0)`` only runs
+        callbacks; an expired timer fires after the poll.
+        """
+        timer = self._hub.loop.timer(0.0)
+        try:
+            self._hub.wait(timer)
+        finally:
+            timer.close()
 
     def _count(self, future: Future) -> None:
         if future.done():
