@@ -76,7 +76,7 @@ def test_map_in_order_with_chunks_and_several_iterables(pool):
 def test_map_timeout_bounds_the_iteration(pool):
     results = pool.map(nap, [0.0, 2.0], timeout=0.3)
     assert next(results) is None
-    with pytest.raises(TimeoutError):
+    with pytest.raises(concurrent.futures.TimeoutError):  # the builtin on 3.11+
         next(results)
 
 
@@ -245,7 +245,7 @@ def test_cooperative_wait_and_as_completed(pool):
     assert futures[1] in done
     order = list(as_completed(futures, timeout=10))
     assert set(order) == set(futures)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(concurrent.futures.TimeoutError):  # the builtin on 3.11+
         list(as_completed([pool.submit(nap, 1.0)], timeout=0.05))
 
 

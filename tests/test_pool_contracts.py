@@ -94,7 +94,7 @@ def test_as_completed_keeps_no_reference_to_a_yielded_future(pool):
     del f
     pending = [pool.submit(nap, 5) for _ in range(2)]
     refs = []
-    with pytest.raises(TimeoutError):
+    with pytest.raises(concurrent.futures.TimeoutError):  # the builtin on 3.11+
         for future in as_completed(finished + pending, timeout=0.3):
             finished.remove(future)
             refs.append(weakref.ref(future))
@@ -213,8 +213,8 @@ def test_pending_tasks_run_before_the_program_exits(patched):
         q.shutdown(wait=False)
     """.replace("\n        ", "\n"))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["x", "after shutdown(wait=False)"] or \
-        sorted(done.stdout.splitlines()) == ["after shutdown(wait=False)", "x"], done.stdout
+    # two pools: their outputs may come in either order
+    assert sorted(done.stdout.splitlines()) == ["after shutdown(wait=False)", "x"], done.stdout
 
 
 @pytest.mark.parametrize("patched", [False, True], ids=["plain", "patch_all"])

@@ -123,7 +123,7 @@ def test_future_cancel_notifies_as_completed_and_callbacks():
 
 
 def test_future_result_timeout_raises_timeout_error():
-    with pytest.raises(TimeoutError):
+    with pytest.raises(concurrent.futures.TimeoutError):  # the builtin on 3.11+
         Future().result(timeout=0.01)
 
 

@@ -251,7 +251,7 @@ def _pop_result(futures: List[Future], timeout: Optional[float]) -> Any:
     future = futures.pop()
     try:
         return future.result(timeout)
-    except TimeoutError:
+    except concurrent.futures.TimeoutError:  # the builtin on 3.11+, its own class on 3.10
         future.cancel()
         raise
     finally:

@@ -37,6 +37,7 @@ import gevent
 import gevent.event
 import gevent.queue
 from gevent import Timeout
+from gevent._hub_local import get_hub_if_exists
 from gevent._waiter import Waiter
 from gevent.monkey import get_original, is_module_patched
 from greenlet import getcurrent
@@ -46,6 +47,9 @@ __all__ = ["Future", "TaskResult", "wait", "as_completed", "DoneAndNotDone"]
 logger = logging.getLogger(__name__)
 
 _DONE_STATES = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+#: What result(timeout) and as_completed raise: the builtin TimeoutError on
+#: Python >= 3.11, concurrent.futures' own class (not a builtin subclass) on 3.10.
+FutureTimeoutError = concurrent.futures.TimeoutError
 #: Done as ``concurrent.futures.wait`` / ``as_completed`` count it: a future
 #: CANCELLED but not yet notified (by its executor's set_running_or_notify_cancel)
 #: is not done for them.
@@ -179,7 +183,7 @@ class Future(concurrent.futures.Future):
             return self._result
         if state in (CANCELLED, CANCELLED_AND_NOTIFIED):
             raise CancelledError()
-        raise TimeoutError()
+        raise FutureTimeoutError()
 
     def result(self, timeout: Optional[float] = None) -> Any:
         """The task's result; raise its exception, CancelledError, or TimeoutError.
@@ -510,7 +514,7 @@ def wait(fs: Iterable[Future], timeout: Optional[float] = None,
             not_done.discard(future)
             if satisfied():
                 break
-    except TimeoutError:
+    except FutureTimeoutError:
         pass
     return DoneAndNotDone(done, not_done)
 
@@ -538,7 +542,7 @@ def as_completed(fs: Iterable[Future], timeout: Optional[float] = None) -> Itera
             try:
                 future = queue.get(timeout=left)
             except gevent.queue.Empty:
-                raise TimeoutError(f"{len(pending)} (of {total}) futures unfinished") from None
+                raise FutureTimeoutError(f"{len(pending)} (of {total}) futures unfinished") from None
             if future in pending:
                 pending.discard(future)
                 finished.append(future)
@@ -553,16 +557,17 @@ def as_completed(fs: Iterable[Future], timeout: Optional[float] = None) -> Itera
 class _WaiterList(list):
     """A future's ``_waiters``: the stdlib's wait() / as_completed() install their waiter here.
 
-    Under plain (unpatched) gevent the waiter's ``threading.Event`` would
-    block the whole hub, so the future it is waiting for could never
-    complete: it is swapped for a gevent Event, which blocks only the
-    calling greenlet (and works from other threads too).  After
-    ``patch_all()`` the stdlib's Event already is gevent's.
+    Under plain (unpatched) gevent, a waiter's ``threading.Event`` waited on
+    in a thread that runs a hub would block that hub, so the future it waits
+    for could never complete: there it is swapped for a gevent Event, which
+    blocks only the calling greenlet.  A thread without a hub keeps the
+    stdlib's Event (blocking it blocks nothing else, and no hub is made for
+    it); after ``patch_all()`` the stdlib's Event already is gevent's.
     """
 
     def append(self, waiter: Any) -> None:
         event = getattr(waiter, "event", None)
         if event is not None and not isinstance(event, gevent.event.Event) \
-                and not is_module_patched("threading"):
+                and get_hub_if_exists() is not None and not is_module_patched("threading"):
             waiter.event = gevent.event.Event()
         super().append(waiter)

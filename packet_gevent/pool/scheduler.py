@@ -419,8 +419,8 @@ class Scheduler:
     # -- events from the backend (in the hub) -------------------------------------------------------
     def on_outcomes(self, proc: BackendProcess, outcomes: List[Outcome],
                     seconds_per_task: float) -> None:
-        rec = self._record(proc)
-        if rec is None:
+        rec = self._procs[proc.slot]  # _record(), inlined: once per batch of outcomes
+        if rec is None or rec.proc is not proc:
             return
         previous = self._seconds_per_task
         if previous is None or seconds_per_task < previous:
@@ -429,12 +429,12 @@ class Scheduler:
             self._seconds_per_task = (previous + seconds_per_task) / 2
         inflight = rec.inflight
         settled = 0
-        slots = [] if self._pending_sem is not None else None
+        slots: Optional[List[_TaskFuture]] = [] if self._pending_sem is not None else None
         for tid, status, value in outcomes:
             task = inflight.pop(tid, None)
             if task is None or task._state != RUNNING:
                 continue  # cancelled or timed out meanwhile: already settled
-            task.fn = task.args = task.kwargs = None  # a finished future keeps its result only
+            task.fn = task.args = task.kwargs = None  # type: ignore[assignment]  # result only
             try:
                 if status == OK:
                     task.set_result(value)
@@ -527,7 +527,7 @@ class Scheduler:
 
     # -- faults (in the hub) ------------------------------------------------------------------------
     def _fail(self, task: _TaskFuture, exc: BaseException) -> None:
-        task.fn = task.args = task.kwargs = None
+        task.fn = task.args = task.kwargs = None  # type: ignore[assignment]  # settled
         try:
             task.set_exception(exc)
         except InvalidStateError:
@@ -540,7 +540,7 @@ class Scheduler:
             self._loop.run_callback_threadsafe(self.task_cancelled, future, was_running)
             return
         task = future
-        task.fn = task.args = task.kwargs = None
+        task.fn = task.args = task.kwargs = None  # type: ignore[assignment]  # settled
         rec = self._holder(task) if was_running else None
         if rec is not None:
             running, _ = rec.running()

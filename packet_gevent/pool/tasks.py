@@ -79,7 +79,7 @@ class Task:
         self.alone = False
 
     def __repr__(self) -> str:
-        return f"<Task {self.id} {describe_callable(self.fn) if self.fn else 'done'}>"
+        return f"<Task {self.id} {'done' if self.fn is None else describe_callable(self.fn)}>"
 
 
 class GroupDecodeError(SerializationError):
