@@ -230,7 +230,7 @@ def test_a_greenlet_submitting_thousands_does_not_stall_the_hub(pool):
     gc.disable()
     try:
         submitting.append(True)
-        futures = [pool.submit(add, i, 1) for i in range(4000)]  # ~10 us each: ~40 ms unbroken
+        futures = [pool.submit(add, i, 1) for i in range(4000)]  # 15-40 ms unbroken without yields
         submitting.append(False)
         tick.join(2)
     finally:
@@ -238,7 +238,9 @@ def test_a_greenlet_submitting_thousands_does_not_stall_the_hub(pool):
     for future in futures:  # not worth running them all
         future.cancel()
     assert pool.join(timeout=10)
-    assert len(gaps) >= 5 and max(gaps) < 0.03, (len(gaps), max(gaps))
+    # The ticker ran between bursts of SUBMIT_BURST submits (without the yields it
+    # runs once, after the last submit); the bound on a gap is loose for a loaded machine.
+    assert len(gaps) >= 4 and max(gaps) < 0.06, (len(gaps), max(gaps))
 
 
 def test_submit_after_shutdown_raises_pool_closed(cluster):
