@@ -22,7 +22,7 @@ import venv
 ROOT = os.path.dirname(os.path.abspath(__file__))
 #: The setup.cfg extras installed into the venv.  Add a name here when an
 #: extra's dependencies are needed by the tests (e.g. "http", "dask").
-EXTRAS = ["test", "bench"]
+EXTRAS = ["test", "bench", "dask"]
 USAGE = ("usage: python3 dev.py [--python PYTHON] [--venv DIR] "
          "{demo|test|bench NAME|python ...} [args...]")
 

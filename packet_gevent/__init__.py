@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # loaded lazily at run time (see __getattr__)
     from .packet import Reactor
     from .popen import PopenConnection
     from .pool.executor import ForkPool
+    from .pool.remote import RemotePool
     from .pool.futures import Future, TaskResult, as_completed, wait
     from .workers.pimp import Callback, MetaPimp, Pimp
     from .workers.worker import Worker
@@ -52,6 +53,7 @@ _LAZY = {
     "MetaPimp": "workers.pimp",
     "Callback": "workers.pimp",
     "ForkPool": "pool.executor",
+    "RemotePool": "pool.remote",
     "Future": "pool.futures",
     "TaskResult": "pool.futures",
     "wait": "pool.futures",
@@ -68,7 +70,7 @@ __all__ = [
     "ReconnectPolicy", "Server", "Timer",
     "LineParser", "BinParser", "FrameDecoder", "encode_frame", "Codec", "JsonCodec",
     "Worker", "Pimp", "MetaPimp", "Callback",
-    "PopenConnection", "ForkPool", "Future", "TaskResult", "wait", "as_completed",
+    "PopenConnection", "ForkPool", "RemotePool", "Future", "TaskResult", "wait", "as_completed",
     "spawn_child", "ChildProcess", "Channel", "BlockingChannel",
     "PacketError", "ReactorError", "ReactorStopping", "AddressInUse", "FrameError",
     "FrameTooLarge", "CodecError", "LineTooLong", "PeerCertificateRejected", "ProcessFailed",

@@ -16,8 +16,8 @@ Compatibility:
   :func:`as_completed` from this module, and ``gevent.wait`` /
   ``gevent.iwait`` (futures have ``rawlink``), do the same without the
   stdlib's locks.  No wait works from the hub itself (a done callback).
-* ``result()`` from another thread works (gevent events wake waiters in
-  other threads).
+* ``result()`` from another thread works: a thread with a gevent hub parks
+  the calling greenlet, one without waits on the stdlib's condition.
 * :class:`TaskResult` is what ``ForkPool.spawn`` / ``apply_async`` return:
   the ``gevent.event.AsyncResult`` API (``get``, ``ready``, ``successful``,
   ``value``, ``exception``, ``link``...) over a Future.  Like AsyncResult,
@@ -143,8 +143,17 @@ class Future(concurrent.futures.Future):
 
         A gevent Waiter per waiting greenlet (~0.9 us a wait and wake-up
         against ~2.7 us for a gevent Event); it works from any thread's hub.
+        A thread that runs no gevent hub waits on the stdlib's condition
+        instead: it blocks only itself, and no hub (a loop and its
+        descriptors that would outlive the thread) is made for it.
         """
         if self._state in _DONE_STATES:
+            return
+        if get_hub_if_exists() is None and not is_module_patched("threading"):
+            cond = self._condition
+            with cond:
+                if self._state not in _DONE_STATES:
+                    cond.wait(timeout)
             return
         hub = gevent.get_hub()
         if getcurrent() is hub:
