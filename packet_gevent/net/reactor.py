@@ -499,8 +499,9 @@ class Reactor(TimerMethods):
         return self._started and not self._stopped.is_set()
 
     def start(self) -> "Reactor":
-        """Start serving in the background (returns at once)."""
-        if self._started:
+        """Start serving in the background (returns at once); a no-op once stop() has run
+        (EventMachine's ``EM.run { ...; EM.stop }``: a stop from ``setup`` ends the run)."""
+        if self._started or self._stopping:
             return self
         self._started = True
         self.hub = gevent.get_hub()
