@@ -108,6 +108,33 @@ def test_server():
     assert not reactor.running
 
 
+def test_unbind_error():
+    # test_basic.rb: test_unbind_error -- an exception raised by unbind reaches the
+    # error_handler (EM.error_handler), with the connection.
+    class UnbindErr(Exception):
+        pass
+    seen = []
+
+    class UnbindError(Connection):
+        def connection_completed(self):
+            self.close_connection_after_writing()
+
+        def unbind(self):
+            raise UnbindErr()
+
+    def setup(r):
+        def handler(error, conn):
+            seen.append((error, conn))
+            r.stop()
+        r.error_handler(handler)
+        server = r.start_server("127.0.0.1", 0, Connection)
+        r.connect("127.0.0.1", server.port, UnbindError)
+    em_run(setup)
+    assert len(seen) == 1
+    error, conn = seen[0]
+    assert isinstance(error, UnbindErr) and isinstance(conn, UnbindError)
+
+
 def test_byte_range_send():
     # test_basic.rb: test_byte_range_send (EM ticket #50) -- every byte value 0..255,
     # queued by an outgoing connection's post_init (before it is connected) and closed
