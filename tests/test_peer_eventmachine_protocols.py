@@ -606,6 +606,42 @@ def test_datagrams():
     assert got == {"in": b"1234567890", "out": b"abcdefghij"}
 
 
+def test_datagram_socket_with_the_default_handler():
+    # test_epoll.rb: test_datagrams, with EventMachine's default handler (EM::Connection,
+    # as for EM.open_datagram_socket without a handler): a plain Connection socket sends.
+    got = []
+
+    class Server(Connection):
+        def receive_data(self, dgm):
+            got.append(dgm)
+            self.reactor.stop()
+
+    def setup(r):
+        port = r.open_datagram_socket("127.0.0.1", 0, Server).get_sockname()[1]
+        sender = r.open_datagram_socket("127.0.0.1", 0, Connection)
+        sender.send_datagram(b"1234567890", "127.0.0.1", port)
+    em_run(setup)
+    assert got == [b"1234567890"]
+
+
+def test_watch_then_detach_in_the_same_tick():
+    # test_epoll.rb: test_attach_detach -- detach in the same tick as watch does not crash
+    # (the fd stays ours).
+    r_fd, w_fd = os.pipe()
+    detached = []
+    try:
+        def setup(r):
+            r.add_timer(0.01, r.stop)
+            conn = r.watch(r_fd, Connection)
+            detached.append(conn.detach())
+        em_run(setup)
+        assert detached == [r_fd]
+        os.fstat(r_fd)  # still open
+    finally:
+        os.close(r_fd)
+        os.close(w_fd)
+
+
 # ----------------------------------------------------------------------- test_attach.rb
 
 def test_watch_a_socket_and_detach():
