@@ -61,15 +61,19 @@ def reactor():
         r.stop(timeout=1.0)
 
 
-def feed(reactor, handler, data, bytewise):
-    """Send ``data`` to a fresh ``handler`` connection; return the handler once it has
-    handled every byte (the client stays open until then)."""
+def feed(reactor, handler, data, bytewise, after_chunk=None):
+    """Send ``data`` (bytes, or a list of chunks) to a fresh ``handler`` connection; return
+    the handler once it has handled every byte (the client stays open until then).
+    ``after_chunk(conn)`` runs once each chunk has been handled."""
     instances = gevent.queue.Queue()
     server = reactor.start_server("127.0.0.1", 0, handler, on_instance=instances.put)
     try:
         with gevent.socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
             conn = instances.get(timeout=5)
-            chunks = [data[i:i + 1] for i in range(len(data))] if bytewise else [data]
+            if isinstance(data, list):
+                chunks = data
+            else:
+                chunks = [data[i:i + 1] for i in range(len(data))] if bytewise else [data]
             for chunk in chunks:
                 sock.sendall(chunk)
                 got = 0
@@ -77,6 +81,8 @@ def feed(reactor, handler, data, bytewise):
                     got += conn.handled.get(timeout=5)
                 if bytewise:
                     assert got == 1, "a byte-by-byte case got more than one byte in one call"
+                if after_chunk is not None:
+                    after_chunk(conn)
         conn.unbound.get(timeout=5)
         return conn
     finally:
@@ -249,6 +255,22 @@ def test_ltp2_binary_pairs(reactor):
     # test_ltp2.rb: test_binary_pairs -- set_text_mode from receive_binary_data chains blocks.
     conn = feed(reactor, BinaryPair, b"123" * 5, False)
     assert conn.sizes == [1, 2] * 5
+
+
+def test_line_protocol_simple_split_line(reactor):
+    # test_line_protocol.rb: test_simple_split_line (EM::P::LineProtocol) -- no line until
+    # its delimiter comes in a later chunk.
+    seen = []
+    conn = feed(reactor, Lines, [b"this is", b" a test\n"], False,
+                after_chunk=lambda c: seen.append(list(c.lines)))
+    assert seen == [[], [b"this is a test"]]
+    assert conn.lines == [b"this is a test"]
+
+
+def test_line_protocol_simple_lines(reactor):
+    # test_line_protocol.rb: test_simple_lines -- a tail without a delimiter is not a line.
+    conn = feed(reactor, Lines, b"aaa\nbbb\r\nccc\nddd", False)
+    assert conn.lines == [b"aaa", b"bbb", b"ccc"]
 
 
 # ------------------------------------------------------------------------- test_ltp.rb
@@ -802,3 +824,82 @@ def test_notify_writable_turned_off_by_another_watch_callback():
         for r_fd, w_fd in pipes:
             os.close(r_fd)
             os.close(w_fd)
+
+
+# ------------------------------------------------------------------------ test_ipv6.rb
+
+def test_ipv6_tcp_local_server():
+    # test_ipv6.rb: test_ipv6_tcp_local_server -- a server and a client on ::1.
+    received = []
+
+    class Server(Connection):
+        def receive_data(self, data):
+            received.append(data)
+            self.reactor.stop()
+
+    class Client(Connection):
+        def post_init(self):
+            self.send_data(b"ipv6/tcp")
+
+    def setup(r):
+        server = r.start_server("::1", 0, Server)
+        r.connect("::1", server.port, Client)
+    em_run(setup)
+    assert received == [b"ipv6/tcp"]
+
+
+def test_ipv6_udp_local_server():
+    # test_ipv6.rb: test_ipv6_udp_local_server -- a datagram over ::1; get_peername of the
+    # datagram is the sender's ::1 address.
+    got = {}
+
+    class Server(Connection):
+        def receive_data(self, data):
+            got["data"] = data
+            got["remote_ip"] = self.get_peername()[0]
+            self.reactor.stop()
+
+    def setup(r):
+        port = r.open_datagram_socket("::1", 0, Server).get_sockname()[1]
+        r.open_datagram_socket("::1", 0, Connection).send_datagram(b"ipv6/udp", "::1", port)
+    em_run(setup)
+    assert got == {"data": b"ipv6/udp", "remote_ip": "::1"}
+
+
+def test_tcp_connect_to_invalid_ipv6():
+    # test_ipv6.rb: test_tcp_connect_to_invalid_ipv6 -- EventMachine raises ConnectionError
+    # from EM.connect("1:A", ...).  OUR DOCUMENTED BEHAVIOUR DIFFERS: connect never raises;
+    # the address error comes to unbind(reason), without connection_completed.
+    seen = []
+
+    class Client(Connection):
+        def connection_completed(self):
+            seen.append("completed")
+
+        def unbind(self, reason=None):
+            seen.append(reason)
+            self.reactor.stop()
+    em_run(lambda r: r.connect("1:A", 1234, Client))
+    assert len(seen) == 1 and isinstance(seen[0], OSError)
+
+
+def test_udp_send_datagram_to_invalid_ipv6():
+    # test_ipv6.rb: test_udp_send_datagram_to_invalid_ipv6 -- send_datagram to "1:A" raises
+    # (EM: ConnectionError; ours: the resolver's socket.gaierror, an OSError); the socket
+    # lives on and still sends.
+    seen = {}
+
+    class Server(Connection):
+        def receive_data(self, data):
+            seen["data"] = data
+            self.reactor.stop()
+
+    def setup(r):
+        port = r.open_datagram_socket("::1", 0, Server).get_sockname()[1]
+        sender = r.open_datagram_socket("::1", 0, Connection)
+        with pytest.raises(OSError):
+            sender.send_datagram(b"hello", "1:A", 1234)
+        assert sender.connected
+        sender.send_datagram(b"still here", "::1", port)
+    em_run(setup)
+    assert seen == {"data": b"still here"}

@@ -725,3 +725,35 @@ def test_set_and_get_sock_opt():
         r.connect("127.0.0.1", server.port, Client)
     em_run(setup)
     assert seen == {"broadcast": 1, "error": b"\0\0\0\0"}
+
+
+# ------------------------------------------------------------------ test_shutdown_hooks.rb
+
+class Hook:
+    """An EM.add_shutdown_hook block as a service: its stop() is the hook."""
+
+    def __init__(self, ran, name):
+        self.ran, self.name = ran, name
+
+    def start(self):
+        pass
+
+    def pending(self):
+        return 0
+
+    def stop(self, timeout):
+        self.ran.append(self.name)
+
+
+def test_shutdown_hooks():
+    # test_shutdown_hooks.rb: test_shutdown_hooks / test_hook_order -- EM.add_shutdown_hook
+    # is add_service(obj) whose stop(timeout) runs when the reactor stops; like EM's hooks,
+    # the last added runs first.
+    ran = []
+
+    def setup(r):
+        r.add_service(Hook(ran, 2))
+        r.add_service(Hook(ran, 1))
+        r.next_turn(r.stop)
+    em_run(setup)
+    assert ran == [1, 2]
