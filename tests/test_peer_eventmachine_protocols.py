@@ -322,8 +322,8 @@ def test_ltp_simple_lines():
 def test_ltp_overlength_lines():
     # test_ltp.rb: test_overlength_lines -- a line of 16 KiB + 1 is not passed to
     # receive_line; receive_error("overlength line") is line_too_long(LineTooLong) here,
-    # and by default the connection then closes with unbind(LineTooLong) (EventMachine's
-    # LineAndTextProtocol keeps it open).
+    # and the connection then closes, with unbind(LineTooLong).  (EventMachine's
+    # LineAndTextProtocol closes at once; ours writes the answers already queued first.)
     class ErrorMessage(LineConnection):
         def post_init(self):
             self.error_message, self.reason = [], "not unbound"

@@ -425,10 +425,10 @@ def test_next_turn_runs_once():
 
 def test_cleanup_after_stop():
     # test_next_tick.rb: test_cleanup_after_stop -- EventMachine drops next_tick blocks
-    # queued after EM.stop, so they never run in a later EM.run.  Here every reactor is
-    # its own object: a block queued on a reactor that has stopped runs once on the hub
-    # (it is not kept for later), and a second reactor's run is not disturbed by it.
-    # The queued block was not dropped: ASSERTS OUR BEHAVIOUR (list: after-stop blocks run).
+    # queued after EM.stop, so they never run in a later EM.run.  OUR BEHAVIOUR DIFFERS
+    # (README, "EventMachine's own tests"): every reactor is its own object, and a block
+    # queued on a reactor that is stopping still runs once on the hub (it is not kept for
+    # a later run); a second reactor's run is not disturbed by it.
     late = []
 
     def setup(r):
