@@ -6,14 +6,15 @@ tests/test_processes.rb; translated, not copied).  ``EM.system(cmd) { |out, stat
 ``reactor.popen(cmd, Handler)`` collecting ``receive_data`` with ``get_status()`` in
 ``unbind``, which is what they do.  OUR DOCUMENTED BEHAVIOUR DIFFERS from EM.system in one
 way: no shell is involved (a string is split with shlex), so a shell command such as
-``exit 1`` runs as ``sh -c 'exit 1'``.  Real child processes; none is left behind.
+``exit 1`` runs as ``sh -c 'exit 1'``.  ``EM.run`` is an instance reactor here (started,
+waited for until a callback stops it).  Real child processes; none is left behind.
 """
 import sys
 
 import pytest
 
-from packet_gevent import ProcessFailed
-from tests.test_peer_eventmachine_reactor import em_run
+from packet_gevent import ProcessFailed, Reactor
+from tests.test_peer_eventmachine_reactor import FAIL_SAFE
 
 
 class Collect:
@@ -37,9 +38,15 @@ class Collect:
 
 
 def system(cmd, stdin=()):
-    made = []
-    em_run(lambda r: made.append(r.popen(cmd, type("System", (Collect,), {"stdin": stdin}))))
-    return made[0]
+    """``EM.run { EM.system(cmd) { ... EM.stop } }`` on an instance reactor."""
+    reactor = Reactor(stop_grace=1.0)
+    reactor.start()
+    try:
+        conn = reactor.popen(cmd, type("System", (Collect,), {"stdin": stdin}))
+        assert reactor.wait(FAIL_SAFE), f"{cmd!r} had not ended after {FAIL_SAFE} s"
+        return conn
+    finally:
+        reactor.stop(timeout=1.0)
 
 
 def test_em_system():
@@ -94,10 +101,14 @@ def test_em_popen_pause_resume():
             self.pause_reading()
             self.reactor.add_timer(0.2, self.reactor.stop)
 
-    made = []
-    em_run(lambda r: made.append(r.popen([sys.executable, "-c",
-                                          "import sys,time\n"
-                                          "sys.stdout.write('1\\n'); sys.stdout.flush(); time.sleep(0.05)\n"
-                                          "sys.stdout.write('2\\n'); sys.stdout.flush()"],
-                                         TestClient)))
+    reactor = Reactor(stop_grace=1.0)
+    reactor.start()
+    try:
+        reactor.popen([sys.executable, "-c",
+                       "import sys,time\n"
+                       "sys.stdout.write('1\\n'); sys.stdout.flush(); time.sleep(0.05)\n"
+                       "sys.stdout.write('2\\n'); sys.stdout.flush()"], TestClient)
+        assert reactor.wait(FAIL_SAFE)
+    finally:
+        reactor.stop(timeout=1.0)
     assert calls == [b"1\n"]
