@@ -264,8 +264,11 @@ class Transport:
         signature = self.conn.signature
         try:
             self.conn._call_unbind(self.reason)
-        except CALLBACK_ERRORS:
-            logger.exception("unbind of %r raised", self.conn)
+        except CALLBACK_ERRORS as exc:
+            if getattr(self.reactor, "_error_handler", None) is None:
+                logger.exception("unbind of %r raised", self.conn)
+            else:  # EventMachine's error_handler gets unbind's exceptions too
+                self.reactor._report_error(exc, self.conn)
         finally:
             self.reactor._connection_ended(self.conn, signature)
 

@@ -157,8 +157,9 @@ def datagram_class(handler: Any) -> Type[DatagramConnection]:
     if cached is None:
         if not isinstance(handler, type):
             raise TypeError(f"a datagram handler must be a class, got {handler!r}")
-        cached = _mixed[handler] = type(handler.__name__, (handler, DatagramConnection),
-                                        {"__module__": handler.__module__})
+        # The plain Connection (EventMachine's default handler) is already a base of DatagramConnection.
+        bases = (DatagramConnection,) if handler is Connection else (handler, DatagramConnection)
+        cached = _mixed[handler] = type(handler.__name__, bases, {"__module__": handler.__module__})
     return cached
 
 

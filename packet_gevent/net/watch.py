@@ -139,6 +139,7 @@ def _watch_class(handler: Any) -> type:
     cached = _mixed.get(handler)
     if cached is None:
         base = as_connection_class(handler)
-        cached = _mixed[handler] = type(base.__name__, (base, WatchConnection),
-                                        {"__module__": base.__module__})
+        # The plain Connection (EventMachine's default handler) is already a base of WatchConnection.
+        bases = (WatchConnection,) if base is Connection else (base, WatchConnection)
+        cached = _mixed[handler] = type(base.__name__, bases, {"__module__": base.__module__})
     return cached
