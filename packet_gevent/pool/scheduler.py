@@ -109,8 +109,11 @@ class BackendProcess(Protocol):
     accepting: bool
     killed_for: Optional[str]
 
-    def send(self, groups: List[Group]) -> None:
-        """Queue these calls there (may raise if the process went: its on_gone follows)."""
+    def send(self, groups: List[Group], now: bool = False) -> None:
+        """Queue these calls there (may raise if the process went: its on_gone follows).
+
+        ``now``: write them at once if nothing else waits to be written (a
+        lone task for an idle process) instead of with the loop turn's others."""
 
     def skip(self, ids: List[int]) -> None:
         """Drop these tasks if they have not started (best effort)."""
@@ -312,8 +315,22 @@ class Scheduler:
             for slot in range(self.size):
                 self._spawn(slot)
         if not self._flush_scheduled:
+            if len(self._queue) == 1:
+                rec = self._idle_process()
+                if rec is not None:  # the fast path: a lone task, an idle process
+                    self._burst = 0
+                    self._send(rec, 1, now=True)
+                    return
             self._flush_scheduled = True
             self._loop.run_callback(self._flush)
+
+    def _idle_process(self) -> Optional[_Started]:
+        """A process with nothing in flight that takes a task now (None: none is idle)."""
+        for rec in self._procs:
+            if (rec is not None and not rec.inflight and not rec.retiring and rec.proc.accepting
+                    and (self._max_tasks is None or rec.sent < self._max_tasks)):
+                return rec
+        return None
 
     def _spawn(self, slot: int) -> None:
         self._restart_timers.pop(slot, None)
@@ -367,7 +384,7 @@ class Scheduler:
             share = -(-len(queue) // (len(ready) - index))
             self._send(rec, min(room, share))
 
-    def _send(self, rec: _Started, count: int) -> None:
+    def _send(self, rec: _Started, count: int, now: bool = False) -> None:
         queue = self._queue
         tasks: List[_TaskFuture] = []
         alone: List[_TaskFuture] = []
@@ -390,7 +407,8 @@ class Scheduler:
                     timeout = task.timeout
         rec.sent += sum(len(group) for group, _ in groups)
         try:
-            rec.proc.send([([task.id for task in group], encoded) for group, encoded in groups])
+            rec.proc.send([([task.id for task in group], encoded) for group, encoded in groups],
+                          now)
         except Exception:  # closed under us: its death settles these tasks
             logger.debug("pool process %d: send failed", rec.proc.pid, exc_info=True)
         if timeout is not None:
