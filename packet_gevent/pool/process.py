@@ -22,7 +22,9 @@ never the channel):
 The child runs its queue in arrival order.  Outcomes are batched: they are
 sent when the child has nothing left to run, or when the oldest unsent one
 is :data:`FLUSH_INTERVAL` old, checked between tasks.  At the same moments
-the child reads new input without blocking (new tasks, skips).
+the child reads new input without blocking (new tasks, skips).  With
+nothing left to run it polls for new input for up to :data:`IDLE_SPIN`
+before it blocks, yielding the CPU between polls.
 
 Which task is *running*: before each task the child writes its id and
 start time (``time.monotonic``, a system-wide clock) into its slot of a
@@ -56,7 +58,7 @@ from ..ipc.supervision import EXIT_INIT_FAILED, INIT_FAILED, ChildLink, init_fai
 from .tasks import ERR, Encoded, GroupDecodeError, TaskCodec, run_call
 
 __all__ = ["PoolProcess", "Markers", "RUN", "SKIP", "DONE", "BAD_GROUP", "INIT_FAILED",
-           "EXIT_INIT_FAILED", "FLUSH_INTERVAL"]  # INIT_FAILED, EXIT_INIT_FAILED: ipc.supervision
+           "EXIT_INIT_FAILED", "FLUSH_INTERVAL", "IDLE_SPIN"]  # INIT_FAILED, EXIT_INIT_FAILED: ipc.supervision
 
 logger = logging.getLogger(__name__)
 
