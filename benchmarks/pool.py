@@ -15,7 +15,11 @@ Measurements (see :func:`measure_pool`):
 * tiny: 20,000 submits of ``f(x) = x + 1``, then every result: tasks/s;
   ``stall``: the longest time the hub did not run while those 20,000 were
   *submitted* (a greenlet ticking every 0.5 ms records when it runs);
-* rtt: sequential round trips (submit one, wait for it), p50 / p99;
+* rtt: sequential round trips (submit one, wait for it), p50 / p99, and
+  the CPU they cost per round trip: the caller's (``time.process_time``)
+  and the worker processes' (``/proc/PID/schedstat``, Linux); then the
+  workers' CPU over 0.5 s of idleness (a pool must not spin while idle);
+  the table's last line is our p50 over the raw socketpair's (same run);
 * 16 MiB: a ``bytes`` of 16 MiB sent to ``echo`` and back: MiB/s each way
   (2 x 16 MiB / round-trip time), median of 5;
 * cpu: 8 tasks of ~0.25 s of pure-Python work: wall time and speedup
@@ -190,6 +194,7 @@ def make_adapter(name: str) -> Tuple[Callable[..., Any], Callable[[Any], Any], C
 
 
 def measure_pool(name: str, tiny: int, rtts: int, spin_n: int) -> Dict[str, Any]:
+    import gevent
     submit, wait, close = make_adapter(name)
     result: Dict[str, Any] = {"peer": name}
     for _ in range(3):  # start the workers, warm up
@@ -210,14 +215,26 @@ def measure_pool(name: str, tiny: int, rtts: int, spin_n: int) -> Dict[str, Any]
     result["submit_stall_ms"] = ticker.longest_gap(t0, t_submitted) * 1e3
     result["submit_seconds"] = t_submitted - t0
 
+    workers = _worker_pids(name, submit, wait)
     samples = []
+    cpu0, workers_cpu0 = time.process_time(), _cpu_seconds(workers)
     for i in range(rtts):
         t = time.perf_counter()
         wait(submit(inc, i))
         samples.append(time.perf_counter() - t)
+    cpu1, workers_cpu1 = time.process_time(), _cpu_seconds(workers)
     samples.sort()
     result["rtt_p50_us"] = percentile(samples, 0.5) * 1e6
     result["rtt_p99_us"] = percentile(samples, 0.99) * 1e6
+    result["rtt_cpu_us"] = (cpu1 - cpu0) * 1e6 / rtts
+    if workers_cpu0 is not None and workers_cpu1 is not None:
+        result["rtt_worker_cpu_us"] = (workers_cpu1 - workers_cpu0) * 1e6 / rtts
+        gevent.sleep(0.05)  # idle now: what the workers burn while nobody submits
+        idle0 = _cpu_seconds(workers)
+        gevent.sleep(0.5)
+        idle1 = _cpu_seconds(workers)
+        if idle0 is not None and idle1 is not None:
+            result["idle_worker_cpu_pct"] = (idle1 - idle0) / 0.5 * 100
 
     data = os.urandom(BIG)
     times = []
@@ -243,6 +260,27 @@ def measure_pool(name: str, tiny: int, rtts: int, spin_n: int) -> Dict[str, Any]
     result["busy_lateness_max_ms"] = (late[-1] if late else float("nan")) * 1e3
     close()
     return result
+
+
+def _worker_pids(name: str, submit: Callable[..., Any], wait: Callable[[Any], Any]) -> List[int]:
+    """The pids of the pool's worker processes (ours: ForkPool.pids(); others: asked)."""
+    if name == "threadpool":
+        return []
+    return sorted({wait(h) for h in [submit(os.getpid) for _ in range(20)]})
+
+
+def _cpu_seconds(pids: List[int]) -> Optional[float]:
+    """CPU seconds used so far by these processes (Linux schedstat, ns); None if unreadable."""
+    if not pids:
+        return None
+    total = 0
+    try:
+        for pid in pids:
+            with open(f"/proc/{pid}/schedstat") as fh:
+                total += int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / 1e9
 
 
 # -- raw ceilings -----------------------------------------------------------------------------------
@@ -339,6 +377,9 @@ METRICS = [
     ("submit_stall_ms", "longest hub stall while submitting 20,000", "ms", False),
     ("rtt_p50_us", "sequential round trip p50", "us", False),
     ("rtt_p99_us", "sequential round trip p99", "us", False),
+    ("rtt_cpu_us", "  caller's CPU per round trip", "us", False),
+    ("rtt_worker_cpu_us", "  workers' CPU per round trip", "us", False),
+    ("idle_worker_cpu_pct", "  workers' CPU while idle (0.5 s)", "%", False),
     ("big_mib_s_each_way", "16 MiB bytes, each way", "MiB/s", True),
     ("cpu_wall_s", "8 CPU tasks (~0.25 s each), wall", "s", False),
     ("cpu_speedup", "CPU speedup vs one after another", "x", True),
@@ -398,6 +439,11 @@ def print_table(medians: Dict[str, Dict[str, float]], peers: List[str]) -> None:
                 ratios.append(f"{ratio:>11.2f}x")
         if any(r.strip() for r in ratios) and not key.startswith("idle"):
             print(f"{'  ours better by':{width}}  " + "".join(ratios))
+    raw = medians.get("socketpair", {}).get("rtt_p50_us")
+    mine = ours.get("rtt_p50_us")
+    if raw and mine:
+        print(f"round trip p50, ours / raw socketpair ping-pong in this run: {mine / raw:.2f}x "
+              f"({mine:.1f} / {raw:.1f} us; target <= 2x)")
 
 
 def _fmt(value: float) -> str:

@@ -118,10 +118,20 @@ class Channel:
         return self._fd
 
     # -- sending -------------------------------------------------------------------
-    def send(self, obj: Any) -> None:
-        """Queue ``obj``; raises SerializationError (channel unharmed) or ChannelClosed."""
+    def send(self, obj: Any, now: bool = False) -> None:
+        """Queue ``obj``; raises SerializationError (channel unharmed) or ChannelClosed.
+
+        ``now``: if nothing else is queued, write it at once instead of when
+        the greenlet yields (a lone request the peer should start on while
+        this side goes on; what the kernel does not take is queued as usual).
+        """
         self._check_can_send()
         chunks, size = self._encoder.encode(obj)
+        if now and not self._pending and not self._writer.active:
+            self._flush_scheduled = True  # no callback: _flush runs here (and clears it)
+            self._queue(chunks, size)
+            self._flush()
+            return
         self._queue(chunks, size)
 
     def send_many(self, objs: Iterable[Any]) -> None:

@@ -3,7 +3,8 @@
 It owns the queue of tasks not yet sent, one record per started process
 (the tasks in flight there, their time limits) and every task's outcome:
 which process gets a task and when (once per loop turn, in groups, a
-bounded pipeline per process), what a timeout, a cancel, a crash or a
+bounded pipeline per process; a lone task for an idle process goes at
+once, and the hub then polls briefly for its reply: :data:`HUB_SPIN`), what a timeout, a cancel, a crash or a
 broken initializer means for it, and when a dead process is replaced.
 Everything here runs in the hub of the thread that owns the pool (calls
 from other threads are handed to it).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import os
 import threading
 import time
 from concurrent.futures._base import PENDING, RUNNING, InvalidStateError
@@ -36,7 +38,7 @@ from .futures import Future
 from .tasks import OK, Encoded, Task, TaskCodec, describe_callable, rebuild_exception
 
 __all__ = ["Scheduler", "ProcessBackend", "BackendProcess", "BackendEvents",
-           "PIPELINE_SECONDS", "MAX_INFLIGHT", "MAX_REQUEUES", "SUBMIT_BURST"]
+           "PIPELINE_SECONDS", "MAX_INFLIGHT", "MAX_REQUEUES", "SUBMIT_BURST", "HUB_SPIN"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,18 @@ RESTART_RESET = 1.0
 #: except when CPython's full (generation 2) garbage collection runs over
 #: the caller's 20,000 live futures (~12 ms, in about a third of the runs).
 SUBMIT_BURST = 256
+
+#: After a lone task went to an idle process (the fast path of
+#: :meth:`Scheduler._enqueue`), the hub polls without sleeping for up to
+#: this long (an idle watcher: the loop's poll gets a zero timeout, other
+#: greenlets, I/O and timers run as usual; each idle pass ends in
+#: ``sched_yield``, so a process sharing the hub's CPU runs first), so a quick reply is read without
+#: a sleep and wake-up of the hub's thread (~20-40 us when it crosses CPUs).
+#: Bounded, once per such task; it stops as soon as no task is unfinished.
+#: 0 turns it off.
+HUB_SPIN = 100e-6
+
+_yield_cpu = getattr(os, "sched_yield", lambda: None)
 
 #: A (task ids, encoded calls) pair: one group of a batch sent to a process.
 Group = Tuple[List[int], Encoded]
@@ -109,8 +123,11 @@ class BackendProcess(Protocol):
     accepting: bool
     killed_for: Optional[str]
 
-    def send(self, groups: List[Group]) -> None:
-        """Queue these calls there (may raise if the process went: its on_gone follows)."""
+    def send(self, groups: List[Group], now: bool = False) -> None:
+        """Queue these calls there (may raise if the process went: its on_gone follows).
+
+        ``now``: write them at once if nothing else waits to be written (a
+        lone task for an idle process) instead of with the loop turn's others."""
 
     def skip(self, ids: List[int]) -> None:
         """Drop these tasks if they have not started (best effort)."""
@@ -224,6 +241,8 @@ class Scheduler:
         self.broken: Optional[PoolBroken] = None
         self._refusal = "cannot submit: the pool was shut down; create a new pool"
         self._stats: collections.Counter = collections.Counter()
+        self._spinner: Any = None     # the idle watcher of HUB_SPIN (made on first use)
+        self._spin_until = 0.0
 
     # -- what the pool reads ------------------------------------------------------------------
     @property
@@ -312,8 +331,43 @@ class Scheduler:
             for slot in range(self.size):
                 self._spawn(slot)
         if not self._flush_scheduled:
+            if len(self._queue) == 1:
+                rec = self._idle_process()
+                if rec is not None:  # the fast path: a lone task, an idle process
+                    self._burst = 0
+                    self._send(rec, 1, now=True)
+                    if HUB_SPIN:
+                        self._spin_hub()
+                    return
             self._flush_scheduled = True
             self._loop.run_callback(self._flush)
+
+    def _spin_hub(self) -> None:
+        """Keep the hub polling for HUB_SPIN seconds from now (see HUB_SPIN)."""
+        self._spin_until = time.perf_counter() + HUB_SPIN
+        spinner = self._spinner
+        if spinner is None:
+            spinner = self._spinner = self._loop.idle(ref=False)
+        if not spinner.active:
+            spinner.start(self._spin_check)
+
+    def _spin_check(self) -> None:
+        if not self._unfinished or time.perf_counter() >= self._spin_until:
+            self._stop_spinning()
+        else:  # the process may share this CPU: let it run now
+            _yield_cpu()
+
+    def _stop_spinning(self) -> None:
+        if self._spinner is not None and self._spinner.active:
+            self._spinner.stop()
+
+    def _idle_process(self) -> Optional[_Started]:
+        """A process with nothing in flight that takes a task now (None: none is idle)."""
+        for rec in self._procs:
+            if (rec is not None and not rec.inflight and not rec.retiring and rec.proc.accepting
+                    and (self._max_tasks is None or rec.sent < self._max_tasks)):
+                return rec
+        return None
 
     def _spawn(self, slot: int) -> None:
         self._restart_timers.pop(slot, None)
@@ -367,7 +421,7 @@ class Scheduler:
             share = -(-len(queue) // (len(ready) - index))
             self._send(rec, min(room, share))
 
-    def _send(self, rec: _Started, count: int) -> None:
+    def _send(self, rec: _Started, count: int, now: bool = False) -> None:
         queue = self._queue
         tasks: List[_TaskFuture] = []
         alone: List[_TaskFuture] = []
@@ -390,7 +444,8 @@ class Scheduler:
                     timeout = task.timeout
         rec.sent += sum(len(group) for group, _ in groups)
         try:
-            rec.proc.send([([task.id for task in group], encoded) for group, encoded in groups])
+            rec.proc.send([([task.id for task in group], encoded) for group, encoded in groups],
+                          now)
         except Exception:  # closed under us: its death settles these tasks
             logger.debug("pool process %d: send failed", rec.proc.pid, exc_info=True)
         if timeout is not None:
@@ -616,6 +671,7 @@ class Scheduler:
                     self._pending_sem.release()
         if self._unfinished == 0:
             self._idle.set()
+            self._stop_spinning()
             if self.closed:
                 self.close_processes()
 
@@ -662,6 +718,9 @@ class Scheduler:
         self._restart_timers.clear()
 
     def close_processes(self) -> None:
+        if self._spinner is not None:
+            self._spinner.close()
+            self._spinner = None
         for rec in self._procs:
             if rec is not None and rec.proc.accepting and not rec.retiring:
                 rec.proc.close()
