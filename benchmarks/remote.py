@@ -40,6 +40,8 @@ import sys
 import time
 from typing import Any, Dict, List
 
+from demos.threadpool_swap import burn, iterations_for  # the demos' CPU work
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PEERS = ("ours", "dask_threads")
@@ -48,24 +50,6 @@ SIZES_MS = (0.1, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 def inc(x: int) -> int:
     return x + 1
-
-
-def burn(iterations: int) -> int:
-    total = 0
-    for i in range(iterations):
-        total += i * i % 7
-    return total
-
-
-def iterations_for(ms: float) -> int:
-    n = 20_000
-    while True:
-        started = time.perf_counter()
-        burn(n)
-        took = time.perf_counter() - started
-        if took > 0.05:
-            return max(1, int(n * ms / 1000 / took))
-        n *= 2
 
 
 def percentile(values: List[float], q: float) -> float:

@@ -22,25 +22,7 @@ import gevent.socket
 from packet_gevent import Connection, Reactor, RemotePool
 
 from ._cli import setup_logging
-
-
-def burn(iterations: int) -> int:
-    """Pure-Python CPU work."""
-    total = 0
-    for i in range(iterations):
-        total += i * i % 7
-    return total
-
-
-def iterations_for(ms: float) -> int:
-    n = 20_000
-    while True:
-        started = time.perf_counter()
-        burn(n)
-        took = time.perf_counter() - started
-        if took > 0.02:
-            return max(1, int(n * ms / 1000 / took))
-        n *= 2
+from .threadpool_swap import burn, iterations_for  # the same CPU work as the threadpool demo
 
 
 class Echo(Connection):
