@@ -67,16 +67,18 @@ class _WorkersService:
 
 
 class _PoolService:
-    """The reactor's pool as a service: stop waits for its tasks, then shuts it down."""
+    """The reactor's pool as a service: stop waits for its tasks and for the ``defer``
+    results not yet handed to their connection, then shuts the pool down."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, reactor: "Reactor") -> None:
         self.pool = pool
+        self.reactor = reactor
 
     def start(self) -> None:
         pass
 
     def pending(self) -> int:
-        return len(self.pool)
+        return len(self.pool) + self.reactor._defers_undelivered
 
     def stop(self, timeout: float) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True, timeout=timeout)
@@ -100,6 +102,9 @@ class Reactor(CoreReactor):
         self.max_message_size = max_message_size
         self._workers: Optional[WorkerManager] = None
         self._pool: Any = None
+        # defer() results whose task finished but which are not in their connection's
+        # mailbox yet (one loop callback later): a graceful stop must wait for them too.
+        self._defers_undelivered = 0
         if pool is not None:
             self._attach_pool(pool)
         if worker_root is not None:
@@ -148,7 +153,7 @@ class Reactor(CoreReactor):
 
     def _attach_pool(self, pool: Any) -> None:
         self._pool = pool
-        self.add_service(_PoolService(pool))
+        self.add_service(_PoolService(pool, self))
 
     def defer_for(self, conn: Connection, fn: Callable[..., Any], args: tuple, kwargs: dict,
                   callback: Optional[Callable[[Any], Any]]) -> Future:
@@ -160,6 +165,7 @@ class Reactor(CoreReactor):
         ``traceback``).  Dropped (debug log) if the connection has gone.
         """
         future = self.pool.submit(fn, *args, **kwargs)
+        self._defers_undelivered += 1
         receiver = callback if callback is not None else conn.worker_receive
         deliver = functools.partial(self._deliver_deferred, conn.signature, fn, receiver,
                                     callback is not None)
@@ -171,6 +177,7 @@ class Reactor(CoreReactor):
 
     def _deliver_deferred(self, signature: int, fn: Callable[..., Any],
                           receiver: Callable[[Any], Any], raw: bool, future: Future) -> None:
+        self._defers_undelivered -= 1
         try:
             exc = future.exception(0)
         except concurrent.futures.CancelledError as cancelled:

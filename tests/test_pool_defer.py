@@ -101,3 +101,39 @@ def test_reactor_stop_shuts_the_pool_down():
         reactor.stop(timeout=2.0)
     from tests.conftest import assert_gone
     assert_gone(pids)
+
+
+class DeferOnConnect(Connection):
+    """Defers square(7) as soon as it is connected; keeps the future for the test."""
+
+    def connection_completed(self):
+        self.future = self.defer(square, 7, callback=self.got)
+        self.result = gevent.event.AsyncResult()
+
+    def got(self, value):
+        self.result.set(value)
+
+
+def test_a_finished_defer_counts_as_pending_until_it_reaches_its_connection():
+    # Between the task's end (the pool's count drops) and the result's arrival in the
+    # connection's mailbox lies one loop callback: a graceful stop polling in that gap
+    # saw nothing pending and closed the connection, dropping the result.
+    reactor = Reactor(pool_size=1, stop_grace=5.0)
+    server = reactor.start_server("127.0.0.1", 0, DeferOnConnect)
+    reactor.start()
+    sock = client(server)
+    try:
+        wait_for(lambda: reactor.connections, message="the connection")
+        conn = next(iter(reactor.connections.values()))
+        wait_for(lambda: hasattr(conn, "future"), message="the defer")
+        pool_service = next(s for s in reactor._services if getattr(s, "pool", None) is reactor.pool)
+        assert conn.future.result(timeout=10) == 49
+        # resumed before the delivery callback ran: the pool has nothing left, the
+        # result is not delivered yet, and the service still reports it as pending
+        assert len(reactor.pool) == 0 and not conn.result.ready()
+        assert pool_service.pending() == 1
+        assert conn.result.get(timeout=5) == 49
+        assert pool_service.pending() == 0
+    finally:
+        sock.close()
+        reactor.stop(timeout=5)
