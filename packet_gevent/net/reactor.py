@@ -383,9 +383,11 @@ class Reactor(TimerMethods):
             self.reconnect(target[0], target[1], conn)
 
     def deliver(self, signature: int, fn: Callable[..., Any], *args: Any) -> bool:
-        """Run ``fn(*args)`` in the greenlet of the connection ``signature``.
+        """Run ``fn(*args)`` on the connection ``signature``, in order with its other callbacks.
 
-        Returns False (nothing runs) when that connection has gone.
+        It runs where that connection's callbacks run (a shared runner, or its
+        own greenlet with ``greenlet_per_connection``).  Returns False (nothing
+        runs) when that connection has gone.
         """
         conn = self.connections.get(signature)
         if conn is None:
