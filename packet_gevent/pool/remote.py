@@ -196,9 +196,7 @@ class _ClientThread:
         self._stopping = asyncio.Event()
         pool = self.pool
         try:
-            self.client = await distributed.Client(
-                self.address, asynchronous=True, set_as_default=False,
-                timeout=pool.connect_timeout)
+            await self._connect(distributed)
             if pool.min_workers:
                 await self.client.wait_for_workers(pool.min_workers,
                                                    timeout=pool.connect_timeout)
@@ -218,6 +216,30 @@ class _ClientThread:
             if task.fetcher is not None:
                 task.fetcher.cancel()
         await self._close_client()
+
+    async def _connect(self, distributed: Any) -> None:
+        """Make ``self.client`` and connect it; once more if the handshake itself failed.
+
+        The client is kept before it is awaited, so a failed connect is closed
+        (its sockets too).  distributed's handshake asserts that the scheduler's
+        first reply is one message; under load it was seen to carry more
+        (``AssertionError`` in ``Client._ensure_connected``): that attempt is
+        closed and the connect made once more.
+        """
+        for attempt in (1, 2):
+            self.client = distributed.Client(self.address, asynchronous=True,
+                                             set_as_default=False,
+                                             timeout=self.pool.connect_timeout)
+            try:
+                await self.client
+                return
+            except AssertionError:
+                if attempt == 2:
+                    raise
+                logger.warning("RemotePool: the handshake with the Dask scheduler at %s "
+                               "failed (distributed's AssertionError); connecting again",
+                               self.address)
+                await self._close_client()
 
     async def _close_client(self) -> None:
         try:
