@@ -240,3 +240,97 @@ def test_hundred_callbacks_sleeping_in_gevent_sleep_are_all_in_flight_at_once(re
         assert recv_exactly(sock, 3) == b"%03d" % i
         sock.close()
     assert state["max"] == 100
+
+
+# -- adaptive read size (transport.SMALL_READ / READ_SIZE) -------------------------------------
+
+MODES = {
+    "shared-runners": {},
+    "run-in-hub": {"run_in_hub": True},
+    "greenlet-per-connection": {"greenlet_per_connection": True},
+}
+
+
+def recorder_class(**extra):
+    """Records (chunk, read size after it) per receive_data and acks each chunk with one b"."."""
+
+    class Recorder(Connection):
+        chunks = []
+        reasons = []
+        gone = gevent.event.Event()
+
+        ack = True
+
+        def receive_data(self, data):
+            self.chunks.append((data, self._transport.read_size))
+            if self.ack:
+                self.send_data(b".")
+
+        def unbind(self, reason=None):
+            self.reasons.append(reason)
+            self.gone.set()
+
+    return type("Recorder", (Recorder,), {"chunks": [], "reasons": [], "gone": gevent.event.Event(), **extra})
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_reads_start_small_grow_for_a_big_message_without_splitting_it_and_shrink_back(reactor, mode):
+    from packet_gevent.net.transport import READ_SIZE, SMALL_READ
+    handler = recorder_class(**MODES[mode])
+    server = reactor.start_server("127.0.0.1", 0, handler)
+    sock = client(server)
+    big = bytes(range(256)) * 16  # 4,096 bytes in one write: one segment on loopback
+    for message in (b"small", big, b"again", b"x" * SMALL_READ, b"tail"):
+        sock.sendall(message)
+        assert recv_exactly(sock, 1) == b"."
+    assert handler.chunks == [
+        (b"small", SMALL_READ),
+        (big, READ_SIZE),             # filled the small read: the rest was read at once, in the same chunk
+        (b"again", SMALL_READ),       # shorter than a small read: small again
+        (b"x" * SMALL_READ, READ_SIZE),  # exactly filled it (the extra read found nothing): big
+        (b"tail", SMALL_READ),
+    ]
+    sock.close()
+    assert handler.gone.wait(5)
+    assert handler.reasons == [None]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_reset_right_after_a_full_small_read_delivers_the_data_then_the_error(reactor, mode):
+    import socket
+    import struct
+    from packet_gevent.net.transport import SMALL_READ
+    handler = recorder_class(ack=False, **MODES[mode])  # no reply: a write would report the reset itself
+    server = reactor.start_server("127.0.0.1", 0, handler)
+    sock = socket.create_connection((server.host, server.port), timeout=5)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.sendall(b"r" * SMALL_READ)
+    finally:
+        sock.close()  # SO_LINGER 0: an RST right behind the data
+    assert handler.gone.wait(5)
+    assert b"".join(chunk for chunk, _ in handler.chunks) == b"r" * SMALL_READ
+    # The read after the full one got ECONNRESET: it is reported after the data, not lost
+    # (the kernel reports it once; a later read would see a clean EOF).
+    assert len(handler.reasons) == 1 and isinstance(handler.reasons[0], ConnectionResetError)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_bulk_data_survives_the_read_size_switching(reactor, mode):
+    import hashlib
+
+    class Echo(Connection):
+        def receive_data(self, data):
+            self.send_data(data)
+
+    handler = type("Echo", (Echo,), dict(MODES[mode]))
+    server = reactor.start_server("127.0.0.1", 0, handler)
+    sock = client(server)
+    # Sizes around the switch points, then a bulk run: every byte must come back in order.
+    parts = [b"a" * n for n in (1, 478, 479, 480, 958, 65535, 65536, 65537, 12)] + [bytes(range(256)) * 8192]
+    payload = b"".join(parts)
+    sender = gevent.spawn(lambda: [sock.sendall(part) for part in parts])
+    echoed = recv_exactly(sock, len(payload), timeout=20)
+    sender.get(timeout=5)
+    assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
+    sock.close()

@@ -35,7 +35,7 @@ from typing import Any, Callable, Deque, Optional, Tuple
 
 import greenlet
 
-from .transport import CALLBACK_ERRORS, CLOSED, OPEN, READ_SIZE, Transport, _WOULD_BLOCK, _os_read
+from .transport import CALLBACK_ERRORS, CLOSED, OPEN, Transport, _WOULD_BLOCK, _os_read
 
 __all__ = ["Dispatcher", "HubTransport", "SharedTransport", "dispatcher_for"]
 
@@ -121,19 +121,22 @@ class Dispatcher:
             if transport.state is not OPEN or transport.user_paused:
                 continue  # closed, or paused, since its socket became readable
             try:
-                data = _os_read(transport.fd, READ_SIZE)
+                data = _os_read(transport.fd, transport.read_size)
             except _WOULD_BLOCK:
                 continue
             except OSError as exc:
                 transport._abort(exc)
                 continue
             if data:
+                if len(data) >= transport.read_check:
+                    data = transport._resize_read(data)
                 if transport.idle_timeout:
                     transport.last_activity = loop.now()
+                on_data = transport.on_data  # a local: see _run_queued
                 try:
-                    transport.on_data(data)
+                    on_data(data)
                 except CALLBACK_ERRORS as exc:
-                    transport._callback_failed(transport.on_data, exc)
+                    transport._callback_failed(on_data, exc)
             else:
                 transport._abort(None)
 
@@ -176,7 +179,7 @@ class Dispatcher:
     def _run_queued(self, me: Any) -> bool:
         """The hot loop: run what is queued; False if a call blocked and another runner took over."""
         queue, ready, loop = self.queue, self.ready, self.loop
-        read, size = _os_read, READ_SIZE  # locals: the loop below runs once per message
+        read = _os_read  # a local: the loop below runs once per message
         transport = None
         try:
             while True:
@@ -203,7 +206,7 @@ class Dispatcher:
                         transport._readable_while_slow()
                         continue
                     try:
-                        data = read(transport.fd, size)  # os.read: see transport.py
+                        data = read(transport.fd, transport.read_size)  # os.read: see transport.py
                     except _WOULD_BLOCK:
                         continue
                     except OSError as exc:
@@ -212,13 +215,18 @@ class Dispatcher:
                     if not data:
                         transport._abort(None)
                         continue
+                    if len(data) >= transport.read_check:
+                        data = transport._resize_read(data)
                     if transport.idle_timeout:
                         transport.last_activity = loop.now()
                     self.running = transport
+                    # A local, not ``transport.on_data(data)``: a call through
+                    # a slot is an unspecialised method load (~150 instructions).
+                    on_data = transport.on_data
                     try:
-                        transport.on_data(data)
+                        on_data(data)
                     except CALLBACK_ERRORS as exc:
-                        transport._callback_failed(transport.on_data, exc)
+                        transport._callback_failed(on_data, exc)
                     if self.runner is not me:
                         transport._finish_held()
                         return False

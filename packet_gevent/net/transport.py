@@ -2,7 +2,7 @@
 
 Three ways to run a connection's callbacks share this socket and write path:
 the default, shared runner greenlets (net/runners.py subclasses Transport);
-``run_in_hub = True``, straight in the hub (``_on_readable_in_hub``); and
+``run_in_hub = True``, straight in the hub (runners.HubTransport); and
 ``greenlet_per_connection = True``, the actor loop here: the connection owns a
 greenlet and a mailbox, and a persistent libev io watcher reads the socket *in
 the hub* and switches straight into that greenlet with the bytes (two raw
@@ -52,9 +52,20 @@ _os_close = get_original("os", "close")
 _os_read = get_original("os", "read")
 _os_write = get_original("os", "write")
 
-#: Bytes asked for per recv.  64 KiB matches the socket buffer sizes Linux
-#: hands out by default on loopback; bigger reads did not help the echo bench.
+#: Bytes asked for per read once a connection carries bulk data.  64 KiB
+#: matches the socket buffer sizes Linux hands out by default on loopback;
+#: bigger reads did not help the echo bench.
 READ_SIZE = 65536
+#: Bytes asked for per read while a connection's messages are small (every
+#: connection starts here).  ``os.read(fd, n)`` allocates an n-byte bytes
+#: object and shrinks it to what arrived: at 479 bytes (+ 33 of header = 512)
+#: that is CPython's small-object allocator, at 64 KiB a libc malloc, realloc
+#: and free, ~875 of the ~6,250 instructions of an echo round trip
+#: (benchmarks/echo_instructions.py).  A read that fills it switches the
+#: connection to READ_SIZE and reads the rest at once (so a message is not
+#: split where it was not before); a read shorter than it switches back.
+#: The adaptive buffer of Netty's AdaptiveRecvByteBufAllocator, in two sizes.
+SMALL_READ = 479
 
 #: Default outbound watermarks (bytes queued in user space).  A connection
 #: whose queue grows past HIGH gets ``pause_writing()``; when the queue drains
@@ -88,8 +99,12 @@ class Transport:
         "low_water", "writing_paused", "close_after_writing", "wake_pending",
         "timers", "on_data", "peername", "idle_timeout", "idle_timer",
         "last_activity", "writer_event", "unbind_done", "tls_resume", "tls_handled", "in_hub",
-        "direct_send", "write_shut", "read_eof", "drain_waiter",
+        "direct_send", "write_shut", "read_eof", "drain_waiter", "read_size", "read_check",
     )
+
+    #: The read watcher's callback for run_in_hub handlers: each subclass that
+    #: runs them provides it (runners.HubTransport, udp, proxy).
+    _on_readable_in_hub: Callable[[], None]
 
     def __init__(self, conn: Any, reactor: Any) -> None:
         self.conn = conn
@@ -139,6 +154,11 @@ class Transport:
         #: An Event set when the queue drains to the low watermark (or the
         #: connection closes): how a file streamer waits (net/sendfile.py).
         self.drain_waiter = None
+        #: Bytes per read (SMALL_READ or READ_SIZE), and the length of a read
+        #: at or above which _resize_read runs: a filled small read, or any
+        #: read while reading big (to notice when messages are small again).
+        self.read_size = SMALL_READ
+        self.read_check = SMALL_READ
 
     def _init_actor(self) -> None:
         """Give the connection what runs its callbacks (a subclass may share one)."""
@@ -303,13 +323,15 @@ class Transport:
     def _on_readable(self) -> None:  # in the hub
         if self.idle:
             try:
-                data = _os_read(self.fd, READ_SIZE)
+                data = _os_read(self.fd, self.read_size)
             except _WOULD_BLOCK:
                 return
             except OSError as exc:
                 self._abort(exc)
                 return
             if data:
+                if len(data) >= self.read_check:
+                    data = self._resize_read(data)
                 if self.idle_timeout:
                     self.last_activity = self.loop.now()
                 self.greenlet.switch(data)
@@ -320,26 +342,22 @@ class Transport:
             self.read_watcher.stop()
             self.busy_stopped = True
 
-    # _on_readable and _on_readable_in_hub repeat their recv/error lines on
-    # purpose: a shared helper would add a Python call per message on the
-    # hottest path (~0.1 us of the 6-8 us per echo round trip).
-    def _on_readable_in_hub(self) -> None:  # in the hub, for run_in_hub handlers
-        try:
-            data = _os_read(self.fd, READ_SIZE)
-        except _WOULD_BLOCK:
-            return
-        except OSError as exc:
-            self._abort(exc)
-            return
-        if data:
-            if self.idle_timeout:
-                self.last_activity = self.loop.now()
+    def _resize_read(self, data: bytes) -> bytes:
+        """Adapt the read size to what arrives (see SMALL_READ); returns the data to deliver."""
+        if self.read_size == SMALL_READ:  # filled: a bigger message, or bulk
+            self.read_size = READ_SIZE
+            self.read_check = 0
             try:
-                self.on_data(data)
-            except CALLBACK_ERRORS as exc:
-                self._callback_failed(self.on_data, exc)
-        else:
-            self._abort(None)
+                more = _os_read(self.fd, READ_SIZE)
+            except _WOULD_BLOCK:
+                return data
+            except OSError as exc:  # reported once: after this data, not instead of it
+                self.loop.run_callback(self._abort, exc)
+                return data
+            return data + more if more else data  # EOF (b""): the next read sees it again
+        if len(data) < SMALL_READ:
+            self.read_size = self.read_check = SMALL_READ
+        return data
 
     def _tls_reader(self) -> None:
         sock = self.ssl_sock
