@@ -27,6 +27,9 @@ the very next byte of the same chunk::
   event is returned, so the handler of a block may chain another one.
 * ``set_binary_mode()`` (no size): every byte from now on comes out as
   ``RAW`` chunks, as they arrive, until ``set_line_mode()``.
+* at the end of the stream, ``take_partial_block()`` returns what arrived of a
+  sized block cut short (None otherwise); a last line without its delimiter
+  is dropped, as in LineText2.
 """
 from __future__ import annotations
 
@@ -182,6 +185,19 @@ class LineParser:
         chunk = bytes(buffer[pos:])
         self._advance(end)
         return (RAW, chunk)
+
+    def take_partial_block(self) -> Optional[bytes]:
+        """The bytes of a sized block cut short (the stream ended in it), or None; back to lines.
+
+        What EventMachine's LineText2 hands to ``receive_binary_data`` on
+        ``unbind``, so a connection that drops mid-block loses nothing.
+        """
+        if self._mode != _SIZED or self._failed is not None or self._pos == len(self._buffer):
+            return None
+        partial = bytes(self._buffer[self._pos:])
+        self._advance(len(self._buffer))
+        self.set_line_mode()
+        return partial
 
     def events(self, data: BytesLike = b"") -> List[Event]:
         """``feed(data)`` then every event it completes (no mode switches in between)."""

@@ -153,3 +153,38 @@ def test_a_run_in_hub_line_handler(reactor):
     sock.sendall(b"o\n")
     assert recv_exactly(sock, 8) == b"ONE\nTWO\n"
     sock.close()
+
+
+def test_a_connection_ending_mid_block_hands_over_the_partial_block_before_unbind(reactor):
+    events = []
+
+    class Recorder(LineConnection):
+        created = gevent.event.AsyncResult()
+
+        def post_init(self):
+            self.unbound = gevent.event.AsyncResult()
+            Recorder.created.set(self)
+
+        def receive_line(self, line):
+            events.append(("line", line))
+            if line.startswith(b"DATA "):
+                self.set_binary_mode(int(line[5:]))
+
+        def receive_binary_data(self, data):
+            events.append(("binary", data))
+
+        def receive_end_of_binary_data(self):
+            events.append(("end",))
+
+        def unbind(self, reason=None):
+            events.append(("unbind", reason))
+            self.unbound.set(reason)
+
+    server = reactor.start_server("127.0.0.1", 0, Recorder)
+    sock = connect(server, "127.0.0.1")
+    sock.sendall(b"DATA 3\nabcDATA 10\nhalf\nof")  # one whole block, then 7 of 10 bytes
+    sock.close()
+    assert Recorder.created.get(timeout=5).unbound.get(timeout=5) is None
+    assert events == [("line", b"DATA 3"), ("binary", b"abc"), ("end",), ("line", b"DATA 10"),
+                      ("binary", b"half\nof"), ("unbind", None)]
+

@@ -180,3 +180,21 @@ def test_random_bytes_give_bounded_lines_or_line_too_long_only(chunks, limit, de
             return
         # Never more buffered than a line could be: the limit plus a partial delimiter.
         assert p.buffered <= limit + len(delimiter) - 1 + (1 if delimiter == b"\n" else 0)
+
+
+def test_take_partial_block_returns_what_came_of_a_sized_block_once():
+    parser = LineParser()
+    assert parser.take_partial_block() is None  # line mode: nothing pending
+    parser.set_binary_mode(10)
+    assert parser.take_partial_block() is None  # sized, nothing arrived yet
+    parser.feed(b"abcd")
+    assert parser.next_event() is None
+    assert parser.take_partial_block() == b"abcd"
+    assert parser.mode == "line" and parser.buffered == 0
+    assert parser.take_partial_block() is None
+    parser.feed(b"x\n")
+    assert parser.next_event() == ("line", b"x")
+    parser.set_binary_mode(None)  # raw: every byte is handed out as it comes, nothing is held
+    parser.feed(b"raw")
+    assert parser.next_event() == ("raw", b"raw")
+    assert parser.take_partial_block() is None

@@ -16,6 +16,10 @@ Subclass it and override ``receive_line(line)``; the parsing is the sans-IO
         def receive_binary_data(self, data):
             ...                                         # then back to lines
 
+A connection that ends in the middle of a ``set_binary_mode(n)`` block gets
+what arrived of it in ``receive_binary_data`` (shorter than ``n``, with no
+``receive_end_of_binary_data``), then ``unbind``, as in EventMachine.
+
 A line over ``max_line_length`` calls ``line_too_long(error)``, whose default
 logs it and closes this connection once its queued output is written, with
 ``unbind(LineTooLong)``; other connections are untouched.
@@ -29,7 +33,7 @@ from ..errors import LineTooLong
 from ..lines import (BLOCK, DEFAULT_DELIMITER, DEFAULT_MAX_BLOCK_SIZE, DEFAULT_MAX_LINE_LENGTH, LINE,
                      LineParser)
 from .connection import Connection
-from .transport import OPEN, Transport
+from .transport import CALLBACK_ERRORS, OPEN, Transport
 
 __all__ = ["LineConnection", "LineText2"]
 
@@ -55,7 +59,11 @@ class LineConnection(Connection):
         or each chunk as it comes after ``set_binary_mode()``."""
 
     def receive_end_of_binary_data(self) -> None:
-        """A ``set_binary_mode(n)`` block was delivered; the connection is back in line mode."""
+        """A ``set_binary_mode(n)`` block was delivered; the connection is back in line mode.
+
+        Not called for a block cut short by the end of the connection: that
+        part arrives in ``receive_binary_data``, shorter than asked, just
+        before ``unbind`` (as in EventMachine's LineText2)."""
 
     def line_too_long(self, error: LineTooLong) -> None:
         """The peer sent a line over ``max_line_length``.
@@ -100,6 +108,16 @@ class LineConnection(Connection):
             except LineTooLong as exc:
                 self.line_too_long(exc)
                 return
+
+    def _call_unbind(self, reason: Optional[BaseException]) -> None:
+        parser = getattr(self, "_line_parser", None)  # None: set-up failed before it existed
+        partial = parser.take_partial_block() if parser is not None else None
+        if partial is not None:  # the connection ended mid-block: hand over what came
+            try:
+                self.receive_binary_data(partial)
+            except CALLBACK_ERRORS as exc:  # reported like any callback's; unbind still runs
+                self._transport._callback_failed(self.receive_binary_data, exc)
+        super()._call_unbind(reason)
 
     # ------------------------------------------------------------ methods
     def set_delimiter(self, delimiter: bytes) -> None:
