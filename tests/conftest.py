@@ -186,3 +186,50 @@ def pool():
         pids = p.pids()
         p.shutdown(wait=True, timeout=5)
         assert_gone(pids)
+
+
+# -- TLS: one throw-away certificate for every TLS test ----------------------------------------
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for localhost, 127.0.0.1 and ::1: (cert path, key path, cert PEM)."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = str(directory / "cert.pem"), str(directory / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"],
+                   check=True, capture_output=True, timeout=30)
+    with open(cert) as fh:
+        return cert, key, fh.read()
+
+
+@pytest.fixture
+def tls_contexts(certificate):
+    """Fresh (server context, client context) for ``certificate`` (tests may change them)."""
+    import ssl
+    cert, key, _ = certificate
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=cert)
+    return server_ctx, client_ctx
+
+
+def receive_all_over_tls(reactor, tls_contexts, sender, timeout=10.0):
+    """Serve ``sender`` (a Connection class) over TLS; the bytes a client got from it before unbind."""
+    import gevent.event
+    from packet_gevent import Connection
+    server_ctx, client_ctx = tls_contexts
+    received = []
+    done = gevent.event.Event()
+
+    class Reader(Connection):
+        def receive_data(self, data):
+            received.append(data)
+
+        def unbind(self, reason=None):
+            done.set()
+
+    server = reactor.start_server("127.0.0.1", 0, sender, ssl_context=server_ctx)
+    reactor.connect("127.0.0.1", server.port, Reader, ssl_context=client_ctx, server_hostname="localhost")
+    assert done.wait(timeout), "the TLS client was not unbound in time"
+    return b"".join(received)

@@ -7,11 +7,11 @@ translated, not copied).  EventMachine's ``start_tls(:private_key_file, :cert_ch
 :verify_peer, :fail_if_no_peer_cert)`` options live in an ``ssl.SSLContext`` here:
 ``verify_peer: true`` -> ``verify_mode = CERT_OPTIONAL`` with the CA loaded,
 ``fail_if_no_peer_cert`` -> ``CERT_REQUIRED``, ``private_key_pass`` -> ``load_cert_chain(password=)``.
-``get_cipher_protocol`` -> ``get_ssl_socket().version()``.  As in EventMachine's handlers,
+``get_cipher_protocol`` is ours too.  As in EventMachine's handlers,
 both sides call ``start_tls`` on a live plain connection (the server from post_init, the
 client from connection_completed: an outgoing connection is not live in post_init here).
 Real TLS over 127.0.0.1, with a throw-away self-signed certificate for CN=localhost (the
-one tests/test_starttls.py makes), used by both sides as EventMachine's em-localhost is.
+one tests/conftest.py makes), used by both sides as EventMachine's em-localhost is.
 """
 import os
 import ssl
@@ -22,16 +22,14 @@ import pytest
 
 from packet_gevent import Connection, IdleTimeout, PeerCertificateRejected
 from tests.test_peer_eventmachine_reactor import em_run
-from tests.test_starttls import certs  # noqa: F401  (the module's certificate fixture)
 
 KEY_PASS = "em-test-pass"
 
 
 @pytest.fixture(scope="module")
-def material(certs):  # noqa: F811
+def material(certificate):
     """(cert path, key path, encrypted key path, cert PEM) for CN=localhost."""
-    _, _, pem, cert = certs
-    key = os.path.join(os.path.dirname(cert), "key.pem")
+    cert, key, pem = certificate
     encrypted = os.path.join(os.path.dirname(cert), "key.aes.pem")
     subprocess.run(["openssl", "pkey", "-in", key, "-out", encrypted, "-aes256",
                     "-passout", f"pass:{KEY_PASS}"], check=True, capture_output=True, timeout=30)
@@ -75,7 +73,7 @@ class Side(Connection):
 
     def ssl_handshake_completed(self):
         self.record["handshake"] = True
-        self.record["protocol"] = self.get_ssl_socket().version()
+        self.record["protocol"] = self.get_cipher_protocol()
         self.record["peer_cert"] = self.get_peer_cert()
 
     def unbind(self, reason=None):

@@ -451,16 +451,8 @@ def test_unix_socket_server(reactor, tmp_path):
     sock.close()
 
 
-def test_tls_server_and_client(reactor, tmp_path):
-    import ssl
-    import subprocess
-    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
-                    "-out", cert, "-days", "1", "-subj", "/CN=localhost"],
-                   check=True, capture_output=True, timeout=30)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
-    client_ctx = ssl.create_default_context(cafile=cert)
+def test_tls_server_and_client(reactor, tls_contexts):
+    server_ctx, client_ctx = tls_contexts
     client_ctx.check_hostname = False
     server = reactor.start_server("127.0.0.1", 0, Recorder, ssl_context=server_ctx)
     conn = reactor.connect("127.0.0.1", server.port, QuietRecorder, ssl_context=client_ctx)

@@ -6,7 +6,7 @@ import gevent.event
 import pytest
 
 from packet_gevent import Connection, Reactor
-from tests.conftest import client, recv_exactly, recv_until_closed, wait_for
+from tests.conftest import client, receive_all_over_tls, recv_exactly, recv_until_closed, wait_for
 
 
 def test_stop_returns_when_it_has_to_kill_a_blocked_callback():
@@ -158,23 +158,7 @@ def test_handler_constructor_that_raises_does_not_leak_a_connection_slot(reactor
     second.close()
 
 
-@pytest.fixture(scope="module")
-def tls_contexts(tmp_path_factory):
-    import ssl
-    import subprocess
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = str(d / "cert.pem"), str(d / "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
-                    "-out", cert, "-days", "1", "-subj", "/CN=localhost"],
-                   check=True, capture_output=True, timeout=30)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
-    client_ctx = ssl.create_default_context(cafile=cert)
-    return server_ctx, client_ctx
-
-
 def test_tls_close_after_writing_delivers_the_chunk_in_flight(reactor, tls_contexts):
-    server_ctx, client_ctx = tls_contexts
     payload = bytes(range(256)) * 16384  # 4 MiB: sendall of it blocks on a reader
 
     class Sender(Connection):
@@ -184,21 +168,7 @@ def test_tls_close_after_writing_delivers_the_chunk_in_flight(reactor, tls_conte
             wait_for(lambda: not self._transport.outbuf, message="writer to take the chunk")
             self.close_connection_after_writing()
 
-    received = []
-    done = gevent.event.Event()
-
-    class Reader(Connection):
-        def receive_data(self, data):
-            received.append(data)
-
-        def unbind(self, reason=None):
-            done.set()
-
-    server = reactor.start_server("127.0.0.1", 0, Sender, ssl_context=server_ctx)
-    reactor.connect("127.0.0.1", server.port, Reader, ssl_context=client_ctx,
-                    server_hostname="localhost")
-    assert done.wait(10)
-    assert len(b"".join(received)) == len(payload)
+    assert receive_all_over_tls(reactor, tls_contexts, Sender) == payload
 
 
 class Ordered(Connection):

@@ -1,7 +1,5 @@
 """stream_file_data / send_file_data over real sockets: sendfile, TLS chunks, backpressure, errors."""
 import os
-import ssl
-import subprocess
 
 import gevent
 import gevent.event
@@ -94,15 +92,9 @@ def test_a_peer_that_does_not_read_holds_back_the_stream(reactor, huge_file):
     sock.close()
 
 
-def test_tls_streams_in_read_chunks_and_offset_count_pick_a_slice(reactor, big_file, tmp_path):
+def test_tls_streams_in_read_chunks_and_offset_count_pick_a_slice(reactor, big_file, tls_contexts):
     path, data = big_file
-    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
-                    "-out", cert, "-days", "1", "-subj", "/CN=localhost"],
-                   check=True, capture_output=True, timeout=30)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
-    client_ctx = ssl.create_default_context(cafile=cert)
+    server_ctx, client_ctx = tls_contexts
     client_ctx.check_hostname = False
     server, results, _ = serve(reactor, "127.0.0.1", path, ssl_context=server_ctx)
     sock = gevent.ssl.SSLSocket(sock=gevent.socket.create_connection(("127.0.0.1", server.port), timeout=10),

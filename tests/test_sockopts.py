@@ -1,4 +1,5 @@
-"""Socket options, keepalive and IPv6 listeners/connections over real sockets (127.0.0.1, ::1)."""
+"""Socket options, keepalive, bind_connect and IPv6 listeners/connections over real sockets (127.0.0.1, ::1)."""
+import errno
 import socket
 
 import gevent
@@ -96,3 +97,52 @@ def test_socket_options_before_the_socket_exists_are_a_clear_error(reactor):
     assert errors.get(timeout=5) == 1
     conn.close_connection()
     listener.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_bind_connect_connects_from_the_local_address_asked_for(reactor, host):
+    peers = gevent.queue.Queue()
+
+    class Server(Connection):
+        def post_init(self):
+            peers.put(self.get_peername()[:2])
+
+    class Client(Connection):
+        def connection_completed(self):
+            peers.put(("client sockname", self.get_sockname()[:2]))
+
+    server = reactor.start_server(host, 0, Server)
+    # A free local port: bind one, read it, release it (the kernel does not hand it out again at once).
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    probe.bind((host, 0))
+    local_port = probe.getsockname()[1]
+    probe.close()
+    conn = reactor.bind_connect(host, local_port, host, server.port, Client)
+    got = {peers.get(timeout=5), peers.get(timeout=5)}
+    assert got == {(host, local_port), ("client sockname", (host, local_port))}
+    conn.close_connection()
+
+
+def test_a_bind_address_that_cannot_be_bound_is_reported_through_unbind(reactor):
+    reasons = gevent.queue.Queue()
+
+    class Client(Connection):
+        def unbind(self, reason=None):
+            reasons.put(reason)
+
+    server = reactor.start_server("127.0.0.1", 0, Connection)
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", 0))  # bound (not listening): the connect cannot bind it again
+        reactor.connect("127.0.0.1", server.port, Client, bind_address=taken.getsockname())
+        reason = reasons.get(timeout=5)
+    finally:
+        taken.close()
+    assert isinstance(reason, OSError) and reason.errno == errno.EADDRINUSE
+
+
+def test_bind_address_is_checked_where_it_is_given(reactor):
+    with pytest.raises(TypeError, match="bind_address must be a"):
+        reactor.connect("127.0.0.1", 1, Connection, bind_address="127.0.0.1:0")
+    with pytest.raises(ReactorError, match="UNIX socket"):
+        reactor.connect("/tmp/x.sock", None, Connection, bind_address=("127.0.0.1", 0))

@@ -1,7 +1,5 @@
 """STARTTLS (start_tls on a live plain connection), ssl_verify_peer, get_peer_cert; 127.0.0.1 and ::1."""
-import socket
 import ssl
-import subprocess
 
 import gevent
 import gevent.event
@@ -14,19 +12,11 @@ from packet_gevent import LineConnection, PeerCertificateRejected
 from tests.conftest import recv_until_closed
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = str(directory / "cert.pem"), str(directory / "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
-                    "-out", cert, "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"],
-                   check=True, capture_output=True, timeout=30)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
-    client_ctx = ssl.create_default_context(cafile=cert)
-    with open(cert) as fh:
-        pem = fh.read()
+@pytest.fixture
+def certs(certificate, tls_contexts):
+    """(server context, client context, cert PEM, cert path): conftest's certificate."""
+    cert, _, pem = certificate
+    server_ctx, client_ctx = tls_contexts
     return server_ctx, client_ctx, pem, cert
 
 
@@ -170,6 +160,25 @@ def test_ssl_handshake_completed_comes_before_connection_completed_for_tls_from_
     server_side = next(side for side in sides if side is not conn)
     assert client_side.events == [("handshake", True), "completed"]   # it saw the server's certificate
     assert server_side.events == [("handshake", False), "completed"]  # no client certificate asked
+    # EventMachine's get_cipher_name / get_cipher_protocol / get_cipher_bits, the same on both sides.
+    for side in (client_side, server_side):
+        name, protocol, bits = side.get_ssl_socket().cipher()
+        assert (side.get_cipher_name(), side.get_cipher_protocol(), side.get_cipher_bits()) == \
+            (name, side.get_ssl_socket().version(), bits)
+    assert client_side.get_cipher_protocol().startswith("TLSv1.") and client_side.get_cipher_bits() >= 128
+    conn.close_connection()
+
+
+def test_cipher_getters_are_none_on_a_plain_connection(reactor):
+    done = gevent.queue.Queue()
+
+    class Plain(LineConnection):
+        def connection_completed(self):
+            done.put((self.get_cipher_name(), self.get_cipher_protocol(), self.get_cipher_bits()))
+
+    server = reactor.start_server("127.0.0.1", 0, Plain)
+    conn = reactor.connect("127.0.0.1", server.port, Plain)
+    assert done.get(timeout=5) == (None, None, None)
     conn.close_connection()
 
 

@@ -20,7 +20,7 @@ import inspect
 import itertools
 import logging
 import socket
-from typing import Any, Callable, Dict, Optional, Type
+from typing import Any, Callable, Dict, Optional, Tuple, Type
 
 from ..codec import ObjectDecoder, encode_object, get_codec
 from ..errors import CodecError, FrameError, ReactorError
@@ -335,6 +335,25 @@ class Connection(TimerMethods):
     def get_ssl_socket(self) -> Any:
         """The gevent SSLSocket of a TLS connection (``version()``, ``cipher()``...), or None."""
         return self._transport.ssl_sock
+
+    def _pg_cipher(self) -> Optional[Tuple[str, str, int]]:
+        sock = self._transport.ssl_sock
+        return sock.cipher() if sock is not None else None
+
+    def get_cipher_name(self) -> Optional[str]:
+        """The negotiated TLS cipher suite (e.g. ``"TLS_AES_256_GCM_SHA384"``), None on a plain connection."""
+        cipher = self._pg_cipher()
+        return cipher[0] if cipher else None
+
+    def get_cipher_protocol(self) -> Optional[str]:
+        """The negotiated TLS version (e.g. ``"TLSv1.3"``), None on a plain connection."""
+        sock = self._transport.ssl_sock
+        return sock.version() if sock is not None else None
+
+    def get_cipher_bits(self) -> Optional[int]:
+        """The secret bits of the negotiated cipher (e.g. 256), None on a plain connection."""
+        cipher = self._pg_cipher()
+        return cipher[2] if cipher else None
 
     # ------------------------------------------------------ socket options
     def _pg_socket(self, what: str) -> Any:

@@ -29,7 +29,7 @@ import os
 import signal
 import ssl as _ssl
 import threading
-from typing import Any, Callable, Dict, List, Optional, Protocol
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 import greenlet
 import gevent
@@ -254,7 +254,8 @@ class Reactor(TimerMethods):
                 ssl_context: Optional[_ssl.SSLContext] = None,
                 server_hostname: Optional[str] = None,
                 idle_timeout: Optional[float] = None,
-                reconnect_policy: Any = None) -> Any:
+                reconnect_policy: Any = None,
+                bind_address: Optional[Tuple[str, int]] = None) -> Any:
         """Open an outgoing connection; returns the handler instance at once.
 
         The connect (and DNS, through gevent's resolver) happens in the
@@ -263,8 +264,17 @@ class Reactor(TimerMethods):
         ``port=None`` connects to the UNIX socket path ``host``.
         ``reconnect_policy`` (a :class:`~packet_gevent.net.reconnect.ReconnectPolicy`,
         or True for its defaults) connects again with back-off whenever it ends.
+        ``bind_address=(host, port)`` connects from that local address (port 0:
+        any port; EventMachine's ``bind_connect``); one that cannot be bound is
+        reported like a failed connect, through ``unbind(reason)``.
         """
         _check_on_instance(on_instance)
+        if bind_address is not None:
+            if port is None:
+                raise ReactorError("bind_address is for TCP connects; a UNIX socket path has none")
+            if not (isinstance(bind_address, tuple) and len(bind_address) == 2
+                    and isinstance(bind_address[0], str) and isinstance(bind_address[1], int)):
+                raise TypeError(f"bind_address must be a (host, port) tuple, got {bind_address!r}")
         if isinstance(handler, type) or not isinstance(handler, Connection):
             conn = as_connection_class(handler)()
         else:
@@ -274,7 +284,8 @@ class Reactor(TimerMethods):
                 raise ReactorError(f"{conn!r} is still connected (or connecting): close it first, "
                                   "or use reconnect(), which is a no-op while it is connected")
         options = {"timeout": connect_timeout if connect_timeout is not None else self.connect_timeout,
-                   "ssl_context": ssl_context, "server_hostname": server_hostname}
+                   "ssl_context": ssl_context, "server_hostname": server_hostname,
+                   "bind_address": bind_address}
         transport = conn._pg_setup(self, on_instance,
                                    idle_timeout=idle_timeout if idle_timeout is not None else self.idle_timeout)
         conn._pg_target = (host, port, options)
@@ -290,6 +301,11 @@ class Reactor(TimerMethods):
             return conn
         transport.start(lambda: self._run_outgoing(conn, host, port, options, first=True), may_block=True)
         return conn
+
+    def bind_connect(self, bind_host: str, bind_port: int, host: Any, port: int, handler: Any,
+                     on_instance: Optional[Callable[[Any], Any]] = None, **options: Any) -> Any:
+        """EventMachine's ``bind_connect``: :meth:`connect` from the local address ``bind_host:bind_port``."""
+        return self.connect(host, port, handler, on_instance, bind_address=(bind_host, bind_port), **options)
 
     def reconnect(self, host: Any, port: Optional[int], handler: Connection) -> Connection:
         """Connect ``handler`` (an instance) again; a no-op while it is connected or connecting."""
@@ -332,7 +348,8 @@ class Reactor(TimerMethods):
                 gsock.settimeout(options.get("timeout"))
                 gsock.connect(host)
             else:
-                gsock = gevent.socket.create_connection((host, port), timeout=options.get("timeout"))
+                gsock = gevent.socket.create_connection((host, port), timeout=options.get("timeout"),
+                                                        source_address=options.get("bind_address"))
             context = options.get("ssl_context")
             if context is not None:
                 from gevent.ssl import SSLSocket
