@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Optional
 from .net.connection import Connection
 from .net.reactor import Reactor as CoreReactor
 from .pool.executor import ForkPool
-from .popen import popen
+from .popen import popen, system
 from .pool.futures import Future
 from .pool.tasks import describe_callable
 from .workers.manager import WorkerManager
@@ -203,6 +203,16 @@ class Reactor(CoreReactor):
         See :mod:`packet_gevent.popen` (unbind after the exit, ``get_status()``).
         """
         return popen(self, cmd, handler, on_instance, env=env, cwd=cwd)
+
+    def system(self, cmd: Any, *, input: bytes = b"", env: Optional[Dict[str, str]] = None,
+               cwd: Optional[str] = None,
+               callback: Optional[Callable[[bytes, Optional[int]], Any]] = None) -> Any:
+        """EventMachine's ``EM.system``: run ``cmd`` (no shell) to its end, feeding it ``input``;
+        returns a ``gevent.event.AsyncResult`` of ``(output bytes, return code)``.
+
+        See :func:`packet_gevent.popen.system`.
+        """
+        return system(self, cmd, input=input, env=env, cwd=cwd, callback=callback)
 
     # ---------------------------------------------------------------- run
     @classmethod

@@ -10,6 +10,10 @@ Connection on the other end: ``send_data`` writes to the program's input,
 while its output is still read.  No shell is involved (a string command is
 split with :func:`shlex.split`).
 
+``reactor.system(cmd, input=b"...")`` (EventMachine's ``EM.system``) is popen
+with a handler that writes ``input``, closes the program's stdin, collects
+its whole output and answers ``(output, status)`` once it has exited.
+
 ``unbind(reason)`` comes once the output has ended *and* the program has
 exited, so ``get_status()`` (its return code, ``-signal`` when a signal
 killed it, as ``subprocess``) is known there; ``reason`` is None for exit 0,
@@ -34,7 +38,7 @@ from .ipc.process import ChildProcess, spawn_child
 from .net.connection import Connection, as_connection_class
 from .net.transport import raw_socket_from
 
-__all__ = ["PopenConnection", "popen"]
+__all__ = ["PopenConnection", "SystemConnection", "popen", "system"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,3 +152,55 @@ def popen(reactor: Any, cmd: Union[str, Sequence[str]], handler: Any,
     transport.attach(sock)
     transport.start(conn._pg_started)
     return conn
+
+
+class SystemConnection(Connection):
+    """EventMachine's ``EM.system`` handler: write the input, collect the output, answer at the exit."""
+
+    _pg_input: bytes = b""
+    _pg_answer: Any = None
+    _pg_callback: Optional[Callable[[bytes, Optional[int]], Any]] = None
+
+    def post_init(self) -> None:
+        self._pg_output: List[bytes] = []
+
+    def connection_completed(self) -> None:
+        if self._pg_input:
+            self.send_data(self._pg_input)
+        self.close_write()  # the program reads EOF after the input, never waits on us
+
+    def receive_data(self, data: bytes) -> None:
+        self._pg_output.append(data)
+
+    def unbind(self, reason: Optional[BaseException] = None) -> None:
+        output = b"".join(self._pg_output)
+        status = self.get_status()  # type: ignore[attr-defined]  (popen mixes PopenConnection in)
+        try:
+            if self._pg_callback is not None:
+                self._pg_callback(output, status)
+        finally:
+            self._pg_answer.set((output, status))
+
+
+def system(reactor: Any, cmd: Union[str, Sequence[str]], *, input: bytes = b"",
+           env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None,
+           callback: Optional[Callable[[bytes, Optional[int]], Any]] = None) -> Any:
+    """Run ``cmd`` to its end; a ``gevent.event.AsyncResult`` of ``(output, status)``.
+
+    ``output``: all it wrote to stdout (bytes, held in memory); ``status``:
+    its return code (``-N`` for signal N, 127 when it could not be run).  A
+    failing program is not an exception here: look at the status.
+    ``callback(output, status)``, if given, runs first, in the connection's
+    greenlet (EventMachine's block).
+    """
+    import gevent.event
+    if not isinstance(input, (bytes, bytearray, memoryview)):
+        raise TypeError(f"system's input must be bytes, got {type(input).__name__}")
+    answer = gevent.event.AsyncResult()
+
+    def prepare(conn: SystemConnection) -> None:
+        conn._pg_input, conn._pg_answer, conn._pg_callback = bytes(input), answer, callback
+
+    conn = popen(reactor, cmd, SystemConnection, env=env, cwd=cwd)
+    prepare(conn)  # before its first callback runs: popen only queued it
+    return answer

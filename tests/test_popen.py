@@ -105,3 +105,24 @@ def _is_child_zombie(pid):
     except (FileNotFoundError, ProcessLookupError):
         return False
     return fields[0] == "Z" and int(fields[1]) == os.getpid()
+
+
+def test_system_feeds_the_input_and_answers_the_whole_output_and_status(reactor):
+    # EventMachine's EM.system(cmd) { |output, status| }: here an AsyncResult, and a callback.
+    seen = []
+    answer = reactor.system(["sort", "-n"], input=b"10\n9\n100\n" * 20000,
+                            callback=lambda output, status: seen.append((len(output), status)))
+    output, status = answer.get(timeout=10)
+    assert status == 0 and output == b"9\n" * 20000 + b"10\n" * 20000 + b"100\n" * 20000
+    assert seen == [(len(output), 0)]  # the callback ran, before the answer was set
+
+
+def test_system_reports_a_failure_in_the_status_not_as_an_exception(reactor):
+    output, status = reactor.system([sys.executable, "-c",
+                                     "import sys; print(sys.stdin.read() == ''); sys.exit(5)"]).get(timeout=10)
+    assert (output, status) == (b"True\n", 5)  # no input: stdin is at EOF at once, never waited on
+    assert reactor.system("no-such-program-here").get(timeout=10) == (b"", 127)
+    killed = reactor.system([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    assert killed.get(timeout=10) == (b"", -signal.SIGKILL)
+    with pytest.raises(TypeError, match="input must be bytes"):
+        reactor.system(["cat"], input="text")
