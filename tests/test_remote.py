@@ -337,6 +337,33 @@ def test_a_forked_child_gets_its_own_client(pool):
     assert pool.submit(add, 2, 2).result(timeout=10) == 4
 
 
+def _submit_a_large_argument_in_a_forked_child(sock, pool):
+    value = pool.submit(len, b"x" * (11 << 20)).result(timeout=20)
+    pool.shutdown()
+    sock.sendall(f"{value}\n".encode())
+    return 0
+
+
+@pytest.mark.filterwarnings("ignore:Sending large graph:UserWarning")
+def test_a_forked_child_sends_a_large_argument_after_the_parent_did(pool):
+    # Dask serializes a message over 10 MiB on its one "offload" thread; a
+    # parent that used it forks a child whose executor believes that thread
+    # exists, so the child's first large submit waited forever.
+    from packet_gevent.ipc.process import spawn_child
+    assert pool.submit(len, b"y" * (11 << 20)).result(timeout=20) == 11 << 20
+    child = spawn_child(_submit_a_large_argument_in_a_forked_child, name="remote-large",
+                        args=(pool,))
+    try:
+        assert child.wait(40), "the child's large submit did not finish"
+        assert child.exitcode == 0, child.describe_exit()
+        child.sock.setblocking(True)
+        assert child.sock.recv(100) == f"{11 << 20}\n".encode()
+    finally:
+        child.kill()
+        child.wait(5)
+        child.sock.close()
+
+
 # -- the Reactor façade ------------------------------------------------------------------------------
 
 class Squarer(Connection):

@@ -105,6 +105,22 @@ MAX_GATHERS = 2
 WATCH_INTERVAL = 0.25
 
 
+def _fresh_offload_executor() -> None:
+    """Give a forked child its own Dask "offload" executor.
+
+    ``distributed.utils`` serializes every message over 10 MiB on a
+    module-level one-thread executor.  A child forked after the parent used it
+    inherits an executor that believes its thread exists (fork copies only
+    the forking thread), so the child's first large submit waited forever.
+    ``distributed.utils.offload`` reads the module global at each call, so a
+    new executor of the same kind replaces it for the whole child.
+    """
+    utils = sys.modules.get("distributed.utils")
+    old = getattr(utils, "_offload_executor", None)
+    if old is not None:
+        utils._offload_executor = type(old)(max_workers=1, thread_name_prefix="Dask-Offload")
+
+
 # -- the client thread ----------------------------------------------------------------------------
 
 class _Task:
@@ -606,6 +622,7 @@ class RemotePool(PoolAPI):
         """In a forked child: a fresh hub watcher and client thread, no cluster ownership."""
         self._init_process_state()
         self.cluster = None
+        _fresh_offload_executor()
         self._connect()
 
     # -- hub side -----------------------------------------------------------------------------
