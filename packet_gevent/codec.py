@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Deque, Dict, List, Optional, Protocol, Union, runtime_checkable
+from typing import Deque, Dict, List, Protocol, Union, runtime_checkable
 
 from .errors import CodecError
 from .framing import DEFAULT_MAX_FRAME_SIZE, BytesLike, FrameDecoder, encode_frame

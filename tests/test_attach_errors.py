@@ -1,6 +1,5 @@
 """reactor.attach (an existing socket as a connection) and reactor.error_handler, over real sockets."""
 import logging
-import os
 import socket
 
 import gevent

@@ -8,7 +8,7 @@ import gevent.socket
 import pytest
 
 from packet_gevent import Connection
-from tests.conftest import recv_exactly, recv_until_closed
+from tests.conftest import recv_until_closed
 
 
 class CountThenAnswer(Connection):

@@ -1,7 +1,6 @@
 """The layers hold: the core reactor imports no process code; services plug in one way."""
 import gevent
 import gevent.event
-import pytest
 
 from packet_gevent import Connection, ReactorError
 from packet_gevent.net.reactor import Reactor as CoreReactor

@@ -10,7 +10,7 @@ import pytest
 
 from packet_gevent import ForkPool, PoolClosed, WorkerCrashed
 from packet_gevent.pool.futures import Future, TaskResult, as_completed, wait
-from tests.conftest import alive, assert_gone, wait_for
+from tests.conftest import assert_gone, wait_for
 
 
 # -- tasks (module level: they travel by reference) ------------------------------------

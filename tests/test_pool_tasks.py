@@ -3,7 +3,6 @@ import concurrent.futures
 import pickle
 import threading
 
-import gevent
 import numpy
 import pytest
 

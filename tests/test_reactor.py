@@ -6,7 +6,6 @@ import threading
 import gevent
 import gevent.event
 import gevent.socket
-import pytest
 
 from packet_gevent import Connection, Reactor
 from tests.conftest import client, recv_exactly, recv_until_closed, run_script, wait_for

@@ -463,7 +463,6 @@ def test_gevent_timeout_escaping_a_callback_closes_only_that_connection(reactor)
 
 
 def test_idle_timeout_covers_a_tls_handshake_that_never_comes(reactor, tls_contexts):
-    import socket
     server_ctx, _ = tls_contexts
     accepted = []
     server = reactor.start_server("127.0.0.1", 0, Ordered, ssl_context=server_ctx,

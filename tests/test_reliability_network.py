@@ -1,14 +1,11 @@
 """Reliability of the network side (issue 5): backpressure, limits, leaks, bad input, logs."""
-import logging
 import os
-import resource
 
 import gevent
 import gevent.event
 import gevent.socket
-import pytest
 
-from packet_gevent import Connection, Reactor
+from packet_gevent import Connection
 from tests.conftest import client, recv_exactly, recv_until_closed, run_script, wait_for
 
 

@@ -8,7 +8,6 @@ import time
 
 import gevent
 import gevent.event
-import pytest
 
 import packet_gevent.workers.manager as workers_module
 from packet_gevent import Reactor

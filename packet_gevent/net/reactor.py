@@ -25,7 +25,6 @@ from __future__ import annotations
 import concurrent.futures
 import inspect
 import logging
-import os
 import signal
 import ssl as _ssl
 import threading

@@ -18,7 +18,7 @@ import logging
 from typing import Any, Callable, Optional
 
 from .connection import Connection, as_connection_class
-from .transport import CLOSED, OPEN, Transport
+from .transport import OPEN, Transport
 
 __all__ = ["WatchConnection", "watch"]
 
